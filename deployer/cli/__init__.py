@@ -1,0 +1,1 @@
+"""The click shell over the deployer library."""

@@ -1,0 +1,187 @@
+"""What every command shares: the context object, common options and the pipeline steps that
+turn options into library inputs. Heavy imports (docker, requests) stay inside functions so
+that `--help` and `status` start fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from deployer.deployment import DeploymentDir
+
+if TYPE_CHECKING:
+    import docker
+
+    from deployer.catalog import Catalog
+    from deployer.gpus import GpuInventory
+    from deployer.planner import DeploymentPlan
+    from deployer.profiles import Profile
+
+F = TypeVar("F", bound=Callable[..., Any])
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass
+class AppContext:
+    home: Path
+    deployment: str
+    debug: bool
+
+    @property
+    def deployment_dir(self) -> DeploymentDir:
+        return DeploymentDir.named(self.home, self.deployment)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def gpus_file_option(func: F) -> F:
+    return click.option(
+        "--gpus-file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="QWEN_DEPLOY_GPUS_FILE",
+        help="Read the GPU inventory from this JSON file (as `gpus --json` prints) instead of NVML.",
+    )(func)
+
+
+def models_file_option(func: F) -> F:
+    return click.option(
+        "--models-file",
+        "models_files",
+        multiple=True,
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Extra model catalog YAML (same shape as the built-in one); repeatable.",
+    )(func)
+
+
+def profile_option(func: F) -> F:
+    return click.option(
+        "--profile",
+        "-p",
+        "profile_name",
+        required=True,
+        envvar="QWEN_DEPLOY_PROFILE",
+        help="Profile name (see `qwen-deploy profiles`), a YAML file, or 'auto'.",
+    )(func)
+
+
+def engine_option(func: F) -> F:
+    return click.option(
+        "--engine",
+        type=click.Choice(["vllm", "stand-in"]),
+        default="vllm",
+        envvar="QWEN_DEPLOY_ENGINE",
+        show_default=True,
+        help="vllm serves the real models; stand-in runs the project's vLLM stand-in image "
+        "(no GPU needed: demos and tests).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        func
+    )
+
+
+def profiles_dir() -> Path:
+    from deployer.profiles import PROFILES_DIR
+
+    return Path(os.environ.get("QWEN_DEPLOY_PROFILES_DIR", PROFILES_DIR))
+
+
+def load_inventory(gpus_file: Path | None) -> GpuInventory:
+    if gpus_file is not None:
+        from deployer.gpus import load_inventory_file
+
+        return load_inventory_file(gpus_file)
+    from deployer.nvml import read_inventory
+
+    return read_inventory()
+
+
+def load_catalog(models_files: tuple[Path, ...] = ()) -> Catalog:
+    from deployer.catalog import load_catalog as _load
+
+    return _load(models_files)
+
+
+@dataclass(frozen=True)
+class PlannedProfile:
+    profile: Profile
+    plan: DeploymentPlan
+    reasons: tuple[str, ...] = ()
+
+
+def make_plan(
+    app: AppContext,
+    profile_name: str,
+    gpus_file: Path | None,
+    engine: str,
+    models_files: tuple[Path, ...] = (),
+) -> PlannedProfile:
+    """Inventory + profile (or 'auto') + catalog -> plan."""
+    from deployer.planner import PlanOptions, choose_profile, plan
+    from deployer.profiles import load_all_profiles, load_profile
+
+    inventory = load_inventory(gpus_file)
+    catalog = load_catalog(models_files)
+    options = PlanOptions(deployment=app.deployment, engine=engine)
+    if profile_name == "auto":
+        profiles = load_all_profiles(profiles_dir())
+        choice = choose_profile(inventory, profiles, catalog, options)
+        chosen = next(p for p in profiles if p.name == choice.plan.profile)
+        return PlannedProfile(chosen, choice.plan, choice.reasons)
+    profile = load_profile(profile_name, profiles_dir())
+    return PlannedProfile(profile, plan(inventory, profile, catalog, options))
+
+
+def docker_client() -> docker.DockerClient:
+    """The one place a Docker client is built; errors become DockerUnavailable."""
+    from deployer.errors import DockerUnavailable
+
+    try:
+        import docker as docker_sdk
+
+        client = docker_sdk.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # docker raises several unrelated types here
+        text = str(exc)
+        if "Permission denied" in text:
+            raise DockerUnavailable(
+                "permission denied on the Docker socket",
+                hint="add your user to the docker group or run as root",
+            ) from None
+        raise DockerUnavailable(
+            "cannot reach the Docker engine (is dockerd running?)",
+            hint="start it, or check DOCKER_HOST",
+        ) from None
+    return client
+
+
+def print_json(kind: str, data: Any) -> None:
+    """Every --json document carries its kind and a schema version."""
+    click.echo(json.dumps({"kind": kind, "schema_version": JSON_SCHEMA_VERSION, **data}, indent=2))
+
+
+def use_color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain fixed-width table (no colour codes in the width calculation)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(click.unstyle(cell)))
+    lines = []
+    for row in [headers, *rows]:
+        cells = [c + " " * (widths[i] - len(click.unstyle(c))) for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

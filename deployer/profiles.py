@@ -1,0 +1,354 @@
+"""Deployment profiles: strict YAML -> frozen dataclasses. Errors name the file, the key and what was expected."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployer.catalog import Catalog, Checkpoint, _check_keys, _yaml_problem, parse_catalog
+from deployer.errors import ProfileError
+from deployer.vllm_pin import KV_CACHE_DTYPES
+
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+# Keys end up in an env file and an HTTP header: keep them to characters that need no quoting.
+API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{8,256}$")
+SERVICE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """Qwen3 thinking-mode sampling (generation_config.json); vLLM applies them per request."""
+
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    min_p: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+        }
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    model: str
+    port: int
+    gpus: tuple[int, ...] | None  # None = "auto"
+    gpu_count: int
+    tensor_parallel_size: int
+    context: int | None  # None = the most that fits, up to the native context
+    gpu_memory_utilization: float | None  # None = planned from weights + KV + overhead
+    max_num_seqs: int | None
+    kv_cache_dtype: str
+    api_key: str | None = None
+    api_key_env: str | None = None
+    served_model_name: str | None = None
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+    aliases: tuple[str, ...] = ()
+    bind: str = "127.0.0.1"
+    startup_timeout_s: int = 1200
+    share: float = 1.0
+    enforce_eager: bool = False
+    reasoning_parser: str | None = "qwen3"
+    extra_args: tuple[str, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()  # extra container env (VLLM_*, STANDIN_*)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    services: tuple[ServiceSpec, ...]
+    source: str
+    models: dict[str, Checkpoint] = field(default_factory=dict)
+
+    @property
+    def gpus_needed(self) -> int:
+        """How many GPUs the box needs: the highest explicit index + 1, or the auto count."""
+        explicit = {g for s in self.services if s.gpus for g in s.gpus}
+        auto = max((s.gpu_count for s in self.services if s.gpus is None), default=0)
+        return max(len(explicit) and max(explicit) + 1, auto, 1)
+
+    def service(self, name: str) -> ServiceSpec:
+        for service in self.services:
+            if service.name == name or name in service.aliases:
+                return service
+        raise ProfileError(
+            f"{self.source}: no service {name!r}",
+            hint=f"services are {', '.join(s.name for s in self.services)}",
+        )
+
+
+_PROFILE_KEYS = {"name", "description", "defaults", "services", "models"}
+_SERVICE_KEYS = {
+    "model",
+    "port",
+    "gpus",
+    "gpu_count",
+    "tensor_parallel_size",
+    "context",
+    "gpu_memory_utilization",
+    "max_num_seqs",
+    "kv_cache_dtype",
+    "api_key",
+    "api_key_env",
+    "served_model_name",
+    "generation",
+    "aliases",
+    "bind",
+    "startup_timeout_s",
+    "share",
+    "enforce_eager",
+    "reasoning_parser",
+    "extra_args",
+    "environment",
+}
+_DEFAULT_KEYS = _SERVICE_KEYS - {"model", "port", "gpus", "api_key", "aliases", "served_model_name"}
+_GENERATION_KEYS = {"temperature", "top_p", "top_k", "min_p"}
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProfileError(f"{where}: expected an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _float(value: Any, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+        raise ProfileError(f"{where}: expected a number above {low} and at most {high}, got {value!r}")
+    return float(value)
+
+
+def _parse_generation(raw: Any, where: str, base: GenerationDefaults) -> GenerationDefaults:
+    if raw is None:
+        return base
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: expected a mapping of {sorted(_GENERATION_KEYS)}")
+    _check_keys(raw, _GENERATION_KEYS, where)
+    values = base.as_dict()
+    for key, value in raw.items():
+        if key == "top_k":
+            values[key] = _int(value, f"{where}.top_k", -1, 100000)
+        elif key == "min_p":
+            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ProfileError(f"{where}.min_p: expected a number from 0 to 1")
+            values[key] = float(value)
+        else:
+            values[key] = _float(value, f"{where}.{key}", -0.000001 if key == "temperature" else 0, 2)
+    return GenerationDefaults(**values)  # type: ignore[arg-type]
+
+
+def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -> ServiceSpec:
+    where = f"{source}: services.{name}"
+    if not SERVICE_NAME_PATTERN.match(name):
+        raise ProfileError(
+            f"{where}: service names are lower-case letters, digits and '-', starting with a letter"
+        )
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: expected a mapping")
+    _check_keys(raw, _SERVICE_KEYS, where)
+    merged = {**defaults, **raw}
+    if "model" not in merged:
+        raise ProfileError(f"{where}: missing 'model' (a checkpoint id such as Qwen/Qwen3-8B-AWQ)")
+    if "port" not in merged:
+        raise ProfileError(f"{where}: missing 'port'")
+    port = _int(merged["port"], f"{where}.port", 1, 65535)
+
+    gpus_raw = merged.get("gpus", "auto")
+    gpus: tuple[int, ...] | None
+    if gpus_raw == "auto":
+        gpus = None
+    elif isinstance(gpus_raw, int) and not isinstance(gpus_raw, bool):
+        gpus = (_int(gpus_raw, f"{where}.gpus", 0, 1023),)
+    elif isinstance(gpus_raw, list) and gpus_raw:
+        gpus = tuple(_int(g, f"{where}.gpus[{i}]", 0, 1023) for i, g in enumerate(gpus_raw))
+        if len(set(gpus)) != len(gpus):
+            raise ProfileError(f"{where}.gpus: a GPU is listed twice in {list(gpus)}")
+    else:
+        raise ProfileError(f"{where}.gpus: expected 'auto', a GPU index or a list of indices")
+    if gpus is None:
+        gpu_count = _int(merged.get("gpu_count", merged.get("tensor_parallel_size", 1)),
+                         f"{where}.gpu_count", 1, 64)
+    else:
+        if "gpu_count" in raw and raw["gpu_count"] != len(gpus):
+            raise ProfileError(f"{where}.gpu_count: {raw['gpu_count']} but gpus lists {len(gpus)}")
+        gpu_count = len(gpus)
+    tp = _int(merged.get("tensor_parallel_size", gpu_count), f"{where}.tensor_parallel_size", 1, 64)
+    if tp != gpu_count:
+        raise ProfileError(
+            f"{where}.tensor_parallel_size: {tp} but the service has {gpu_count} GPU(s)",
+            hint="one instance spans all its GPUs; pipeline parallel is not supported",
+        )
+
+    context_raw = merged.get("context", "max")
+    context = None if context_raw == "max" else _int(context_raw, f"{where}.context", 256, 1048576)
+    gmu_raw = merged.get("gpu_memory_utilization", "auto")
+    gmu = None if gmu_raw == "auto" else _float(gmu_raw, f"{where}.gpu_memory_utilization", 0, 1)
+    seqs_raw = merged.get("max_num_seqs")
+    seqs = None if seqs_raw in (None, "auto") else _int(seqs_raw, f"{where}.max_num_seqs", 1, 65536)
+    kv_dtype = str(merged.get("kv_cache_dtype", "auto"))
+    if kv_dtype not in KV_CACHE_DTYPES:
+        raise ProfileError(f"{where}.kv_cache_dtype: {kv_dtype!r} is not one of {list(KV_CACHE_DTYPES)}")
+
+    api_key = raw.get("api_key")
+    api_key_env = merged.get("api_key_env")
+    if api_key is not None and api_key_env is not None:
+        raise ProfileError(f"{where}: set api_key or api_key_env, not both")
+    if api_key is not None and (not isinstance(api_key, str) or not API_KEY_PATTERN.match(api_key)):
+        raise ProfileError(
+            f"{where}.api_key: keys are 8-256 characters of letters, digits and ._~+/=-",
+            hint="other characters would break the .env file or the Authorization header",
+        )
+    if api_key_env is not None and not (
+        isinstance(api_key_env, str) and ENV_NAME_PATTERN.match(api_key_env)
+    ):
+        raise ProfileError(f"{where}.api_key_env: expected an environment variable name")
+
+    aliases_raw = raw.get("aliases", [])
+    if not isinstance(aliases_raw, list) or not all(isinstance(a, str) for a in aliases_raw):
+        raise ProfileError(f"{where}.aliases: expected a list of names")
+    extra = merged.get("extra_args", [])
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise ProfileError(f"{where}.extra_args: expected a list of strings")
+    env_raw = merged.get("environment", {})
+    if not isinstance(env_raw, dict) or not all(
+        isinstance(k, str) and ENV_NAME_PATTERN.match(k) for k in env_raw
+    ):
+        raise ProfileError(f"{where}.environment: expected a mapping of variable names to values")
+    if any(k in ("VLLM_API_KEY", "HF_TOKEN") for k in env_raw):
+        raise ProfileError(
+            f"{where}.environment: keys and tokens do not belong in a profile",
+            hint="use api_key_env, and HF_TOKEN from your environment or --hf-token-file",
+        )
+    bind = str(merged.get("bind", "127.0.0.1"))
+    if not re.match(r"^(\d{1,3}\.){3}\d{1,3}$", bind):
+        raise ProfileError(f"{where}.bind: expected an IPv4 address such as 127.0.0.1 or 0.0.0.0")
+    parser = merged.get("reasoning_parser", "qwen3")
+    return ServiceSpec(
+        name=name,
+        model=str(merged["model"]),
+        port=port,
+        gpus=gpus,
+        gpu_count=gpu_count,
+        tensor_parallel_size=tp,
+        context=context,
+        gpu_memory_utilization=gmu,
+        max_num_seqs=seqs,
+        kv_cache_dtype=kv_dtype,
+        api_key=api_key,
+        api_key_env=api_key_env,
+        served_model_name=raw.get("served_model_name"),
+        generation=_parse_generation(
+            raw.get("generation"),
+            f"{where}.generation",
+            _parse_generation(defaults.get("generation"), f"{source}: defaults.generation",
+                              GenerationDefaults()),
+        ),
+        aliases=tuple(aliases_raw),
+        bind=bind,
+        startup_timeout_s=_int(merged.get("startup_timeout_s", 1200), f"{where}.startup_timeout_s",
+                               5, 86400),
+        share=_float(merged.get("share", 1.0), f"{where}.share", 0, 100),
+        enforce_eager=bool(merged.get("enforce_eager", False)),
+        reasoning_parser=None if parser in (None, "none") else str(parser),
+        extra_args=tuple(extra),
+        environment=tuple(sorted((k, str(v)) for k, v in env_raw.items())),
+    )
+
+
+def parse_profile(data: Any, source: str, default_name: str = "profile") -> Profile:
+    """Validate a profile document strictly."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: expected a mapping with a 'services' key")
+    _check_keys(data, _PROFILE_KEYS, source)
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ProfileError(f"{source}: defaults: expected a mapping")
+    _check_keys(defaults, _DEFAULT_KEYS, f"{source}: defaults")
+    raw_services = data.get("services")
+    if not isinstance(raw_services, dict) or not raw_services:
+        raise ProfileError(f"{source}: 'services' must map service names to their settings")
+    services = tuple(
+        _parse_service(str(name), raw, defaults, source) for name, raw in raw_services.items()
+    )
+    ports: dict[int, str] = {}
+    names: dict[str, str] = {}
+    for service in services:
+        if service.port in ports:
+            raise ProfileError(
+                f"{source}: services.{service.name}.port: {service.port} is already used by "
+                f"services.{ports[service.port]}",
+                hint="every service needs its own host port",
+            )
+        ports[service.port] = service.name
+        for alias in (service.name, *service.aliases):
+            if alias in names and names[alias] != service.name:
+                raise ProfileError(
+                    f"{source}: services.{service.name}.aliases: {alias!r} also names "
+                    f"services.{names[alias]}"
+                )
+            names[alias] = service.name
+    models = parse_catalog(data["models"], f"{source}: models") if "models" in data else {}
+    return Profile(
+        name=str(data.get("name", default_name)),
+        description=str(data.get("description", "")),
+        services=services,
+        source=source,
+        models=models,
+    )
+
+
+def load_profile_file(path: Path) -> Profile:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    return parse_profile(data, str(path), default_name=path.stem)
+
+
+def profile_paths(profiles_dir: Path = PROFILES_DIR) -> dict[str, Path]:
+    """Profile name -> file, for every *.yaml in the profiles directory."""
+    if not profiles_dir.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(profiles_dir.glob("*.yaml"))}
+
+
+def load_profile(name_or_path: str, profiles_dir: Path = PROFILES_DIR) -> Profile:
+    """A profile by name (from the profiles directory) or by file path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        return load_profile_file(candidate)
+    paths = profile_paths(profiles_dir)
+    if name_or_path not in paths:
+        from deployer.catalog import _closest
+
+        close = _closest(name_or_path, paths)
+        hint = f"did you mean {close!r}?" if close else f"profiles are {', '.join(paths) or 'none'}"
+        raise ProfileError(f"unknown profile {name_or_path!r} in {profiles_dir}", hint=hint)
+    return load_profile_file(paths[name_or_path])
+
+
+def load_all_profiles(profiles_dir: Path = PROFILES_DIR) -> list[Profile]:
+    return [load_profile_file(p) for p in profile_paths(profiles_dir).values()]
+
+
+def catalog_for(profile: Profile, catalog: Catalog) -> Catalog:
+    """The catalog extended with the profile's own `models:` section."""
+    if not profile.models:
+        return catalog
+    return Catalog({**catalog.checkpoints, **profile.models})

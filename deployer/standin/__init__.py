@@ -1,0 +1,1 @@
+"""Stand-in for `vllm serve` used by the integration tests."""
