@@ -468,6 +468,12 @@ def _fixes(
             if alt_need.bytes_for(d.min_tokens) <= room:
                 fixes.append(f"{d.spec.name}: model: {alt.id}")
                 break
+            alt_tokens = (room - alt_need.fixed) // alt_need.kv_per_token
+            if alt_tokens >= MIN_AUTO_CONTEXT:
+                fixes.append(
+                    f"{d.spec.name}: model: {alt.id} with context: {alt_tokens // 1024 * 1024}"
+                )
+                break
         for other in inventory.gpus:
             if other.index in d.gpus or len(d.gpus) > 1:
                 continue
@@ -580,9 +586,10 @@ def choose_profile(
     catalog: Catalog,
     options: PlanOptions | None = None,
 ) -> AutoChoice:
-    """Plan every profile; keep the one that fits and uses the most GPUs, then the most weights."""
+    """Plan every profile; keep the one that fits and uses the most GPUs, then the one with
+    fewest services on fallback kernels, then the one serving the most weights."""
     reasons: list[str] = []
-    fitting: list[tuple[tuple[int, float], DeploymentPlan]] = []
+    fitting: list[tuple[tuple[int, int, int], DeploymentPlan]] = []
     for profile in profiles:
         if profile.gpus_needed > len(inventory.gpus):
             reasons.append(f"{profile.name}: needs {profile.gpus_needed} GPUs, this box has {len(inventory.gpus)}")
@@ -593,7 +600,9 @@ def choose_profile(
             reasons.append(f"{profile.name}: {exc.message}")
             continue
         weights = sum(s.memory.weights * s.tensor_parallel_size for s in candidate.services)
-        fitting.append(((len(candidate.gpus), weights), candidate))
+        native = sum(1 for s in candidate.services if s.kernel_note is None)
+        fallback = len(candidate.services) - native
+        fitting.append(((len(candidate.gpus), -fallback, weights), candidate))
         reasons.append(
             f"{profile.name}: fits, uses {len(candidate.gpus)} GPU(s) and {_gib(weights)} of weights"
         )

@@ -47,7 +47,7 @@ def gpus_file_option(func: F) -> F:
         "--gpus-file",
         type=click.Path(dir_okay=False, path_type=Path),
         envvar="QWEN_DEPLOY_GPUS_FILE",
-        help="Read the GPU inventory from this JSON file (as `gpus --json` prints) instead of NVML.",
+        help="Read the GPU inventory from this JSON file (as `gpus --json` prints), not NVML.",
     )(func)
 
 

@@ -1,0 +1,124 @@
+"""The pure half of the pipeline: plan and render (nothing is started)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from deployer.cli.common import (
+    AppContext,
+    engine_option,
+    gpus_file_option,
+    json_option,
+    make_plan,
+    models_file_option,
+    pass_app,
+    print_json,
+    profile_option,
+    table,
+)
+from deployer.gpus import GIB
+
+
+@click.command()
+@profile_option
+@gpus_file_option
+@engine_option
+@models_file_option
+@json_option
+@pass_app
+def plan(
+    app: AppContext,
+    profile_name: str,
+    gpus_file: Path | None,
+    engine: str,
+    models_files: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Show placement, tensor parallel, memory fraction and context per service.
+
+    Nothing is started or written. Fails with the reason in numbers, and the fixes
+    that would work, when the profile does not fit the GPUs.
+
+    Example: qwen-deploy plan --profile tri-tier --gpus-file box.json
+    """
+    planned = make_plan(app, profile_name, gpus_file, engine, models_files)
+    result = planned.plan
+    if as_json:
+        print_json("plan", {**result.to_dict(), "auto_reasons": list(planned.reasons)})
+        return
+    for reason in planned.reasons:
+        click.echo(reason)
+    click.echo(
+        f"profile {result.profile} on {len(result.gpus)} GPU(s), vLLM {result.vllm_version} "
+        f"({result.image})"
+    )
+    rows = []
+    for s in result.services:
+        rows.append(
+            [
+                s.name,
+                s.model,
+                ",".join(map(str, s.gpus)),
+                str(s.tensor_parallel_size),
+                f"{s.gpu_memory_utilization:g}" + ("" if s.utilization_planned else " (fixed)"),
+                str(s.max_model_len),
+                str(s.max_num_seqs),
+                s.kv_cache_dtype,
+                f"{s.kv_cache_tokens:,}",
+                f"{s.max_concurrency:.2f}x",
+                str(s.port),
+            ]
+        )
+    headers = ["SERVICE", "MODEL", "GPUS", "TP", "GPU-MEM", "CONTEXT", "SEQS", "KV-DTYPE",
+               "KV-TOKENS", "FULL-CTX", "PORT"]  # fmt: skip
+    click.echo(table(headers, rows))
+    click.echo("\nmemory per GPU (GiB): budget = weights + activations + non-torch + graphs + KV")
+    for s in result.services:
+        m = s.memory
+        click.echo(
+            f"  {s.name}: {m.budget / GIB:.2f} = {m.weights / GIB:.2f} + "
+            f"{m.activation_peak / GIB:.2f} + {m.non_torch / GIB:.2f} + "
+            f"{m.cuda_graphs / GIB:.2f} + {m.kv_cache / GIB:.2f}"
+        )
+    order = " -> ".join("[" + ", ".join(wave) + "]" for wave in result.start_waves)
+    click.echo(f"start order: {order}")
+    for warning in result.warnings:
+        click.echo(f"note: {warning}")
+
+
+@click.command()
+@profile_option
+@gpus_file_option
+@engine_option
+@models_file_option
+@pass_app
+def render(
+    app: AppContext,
+    profile_name: str,
+    gpus_file: Path | None,
+    engine: str,
+    models_files: tuple[Path, ...],
+) -> None:
+    """Write the deployment directory (compose.yaml, .env, plan.json); start nothing.
+
+    The compose file works on its own: `docker compose up -d` in that directory on a GPU
+    host. API keys go only to .env (mode 0600).
+
+    Example: qwen-deploy render --profile tri-tier --gpus-file box.json
+    """
+    from deployer.deployment import resolve_api_keys
+    from deployer.render import render_files
+
+    planned = make_plan(app, profile_name, gpus_file, engine, models_files)
+    directory = app.deployment_dir
+    with directory.lock():
+        keys = resolve_api_keys(planned.plan, planned.profile, directory.read_env(), os.environ)
+        directory.write_files(render_files(planned.plan, str(directory.path), keys))
+    click.echo(f"wrote {directory.path}/compose.yaml, .env and plan.json")
+    click.echo(f"start it with: docker compose --project-directory {directory.path} up -d")
+
+
+COMMANDS = [plan, render]

@@ -1,0 +1,320 @@
+"""The planner against realistic boxes: numbers must match vLLM's own accounting."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from deployer.catalog import Catalog
+from deployer.errors import PlanError, ProfileError
+from deployer.gpus import GIB, MIB
+from deployer.planner import (
+    MARGIN_FRACTION,
+    MARGIN_MIN_BYTES,
+    PlanOptions,
+    choose_profile,
+    plan,
+)
+from deployer.profiles import load_all_profiles, load_profile, parse_profile
+from deployer.vllm_pin import KV_BLOCK_SIZE, STANDIN_IMAGE, VLLM_IMAGE
+from tests.conftest import inventory
+
+
+def _profile(services: dict, name: str = "test") -> object:
+    return parse_profile({"name": name, "services": services}, f"<{name}>")
+
+
+def _gpu_sums(result) -> dict[int, float]:
+    sums: dict[int, float] = {}
+    for service in result.services:
+        for g in service.gpus:
+            sums[g] = sums.get(g, 0.0) + service.gpu_memory_utilization
+    return sums
+
+
+def test_tri_tier_on_three_4090s_matches_the_reference_placement(catalog: Catalog) -> None:
+    result = plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog)
+    by_name = {s.name: s for s in result.services}
+    assert by_name["medium"].gpus == (0, 1)
+    assert by_name["medium"].tensor_parallel_size == 2
+    assert by_name["medium"].model == "Qwen/Qwen3-32B-AWQ"
+    assert (by_name["mini"].gpus, by_name["micro"].gpus) == ((2,), (2,))
+    assert {s.name: s.port for s in result.services} == {"medium": 5002, "mini": 5001, "micro": 5000}
+    assert result.image == VLLM_IMAGE
+    # Co-tenants start one after another; medium shares no GPU and starts at once.
+    assert by_name["micro"].start_after == ("mini",)
+    assert result.start_waves == (("medium", "mini"), ("micro",))
+
+
+@pytest.mark.parametrize(
+    "box, profile",
+    [
+        ("3x-rtx4090", "tri-tier"),
+        ("8x-h100", "eight-gpu"),
+        ("8x-h100", "tri-tier"),
+        ("1x-rtx5090", "nvfp4-8b"),
+        ("1x-t4", "single-gpu"),
+        ("2x-a100-40gb", "dual-gpu"),
+        ("1x-rtx4090-half-used", "single-gpu"),
+        ("1x-l4", "nvfp4-8b"),
+    ],
+)
+def test_plans_never_ask_for_more_than_is_free(catalog: Catalog, box: str, profile: str) -> None:
+    inv = inventory(box)
+    result = plan(inv, load_profile(profile), catalog)
+    for index, total_fraction in _gpu_sums(result).items():
+        gpu = inv.by_index(index)
+        asked = sum(
+            math.ceil(s.gpu_memory_utilization * gpu.total_bytes)
+            for s in result.services
+            if index in s.gpus
+        )
+        margin = max(MARGIN_MIN_BYTES, gpu.total_bytes * MARGIN_FRACTION)
+        # vLLM's startup check is free >= ceil(total * fraction); we keep a margin on top.
+        assert asked + margin <= gpu.free_bytes, (index, total_fraction)
+    for s in result.services:
+        # The KV cache holds at least one full-context request (vLLM refuses to start otherwise).
+        assert s.kv_cache_tokens >= s.max_model_len
+        assert s.memory.kv_cache == s.memory.budget - (
+            s.memory.weights + s.memory.activation_peak + s.memory.non_torch + s.memory.cuda_graphs
+        )
+        assert s.max_concurrency == round(s.kv_cache_tokens / s.max_model_len, 2)
+
+
+def test_kv_tokens_follow_vllms_per_token_formula(catalog: Catalog) -> None:
+    result = plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog)
+    medium = result.service("medium")
+    # Qwen3-32B: 64 layers x (8 KV heads / TP 2) x 128 head_dim x 2 (K,V) x 2 bytes.
+    per_token = 2 * 64 * (8 // 2) * 128 * 2
+    assert per_token == 131072
+    expected = medium.memory.kv_cache // per_token // KV_BLOCK_SIZE * KV_BLOCK_SIZE
+    assert medium.kv_cache_tokens == expected
+    # Weights are split across the TP group: 19.3 GB / 2.
+    assert medium.memory.weights == math.ceil(19.3e9 / 2)
+
+
+def test_fp8_kv_cache_doubles_capacity(catalog: Catalog) -> None:
+    services = {"a": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [0], "port": 5001, "context": 32768}}
+    base = plan(inventory("1x-l4"), _profile(services), catalog).services[0]
+    services["a"]["kv_cache_dtype"] = "fp8"
+    fp8 = plan(inventory("1x-l4"), _profile(services), catalog).services[0]
+    assert fp8.gpu_memory_utilization == base.gpu_memory_utilization
+    assert fp8.kv_cache_tokens == pytest.approx(2 * base.kv_cache_tokens, rel=0.01)
+
+
+def test_shared_gpu_is_split_by_share(catalog: Catalog) -> None:
+    result = plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog)
+    mini, micro = result.service("mini"), result.service("micro")
+    assert mini.gpu_memory_utilization > micro.gpu_memory_utilization
+    gpu = inventory("3x-rtx4090").by_index(2)
+    usable = min(gpu.total_bytes * 0.95, gpu.free_bytes - max(MARGIN_MIN_BYTES, gpu.total_bytes * MARGIN_FRACTION))
+    together = (mini.gpu_memory_utilization + micro.gpu_memory_utilization) * gpu.total_bytes
+    # The spare memory is handed out, not left idle (to within the 0.001 rounding per service).
+    assert usable - 2 * 0.001 * gpu.total_bytes <= together <= usable
+
+
+def test_foreign_process_memory_is_respected(catalog: Catalog) -> None:
+    half = inventory("1x-rtx4090-half-used")
+    result = plan(half, load_profile("single-gpu"), catalog)
+    service = result.services[0]
+    gpu = half.gpus[0]
+    assert service.gpu_memory_utilization * gpu.total_bytes < gpu.free_bytes
+    # The same profile on an empty 4090 gets a much larger fraction.
+    empty = replace(gpu, memory_used_mib=410, processes=())
+    bigger = plan(replace(half, gpus=(empty,)), load_profile("single-gpu"), catalog).services[0]
+    assert bigger.gpu_memory_utilization - service.gpu_memory_utilization > 0.4
+
+
+def test_context_max_takes_what_fits(catalog: Catalog) -> None:
+    services = {"a": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [0], "port": 5001, "context": "max"}}
+    result = plan(inventory("1x-rtx4090-half-used"), _profile(services), catalog).services[0]
+    assert 4096 <= result.max_model_len <= 32768
+    assert result.max_model_len % 256 == 0
+    assert result.kv_cache_tokens >= result.max_model_len
+
+
+def test_nvfp4_profile_keeps_the_reference_settings(catalog: Catalog) -> None:
+    service = plan(inventory("1x-rtx5090"), load_profile("nvfp4-8b"), catalog).services[0]
+    assert service.model == "RedHatAI/Qwen3-8B-NVFP4"
+    assert (service.port, service.max_model_len, service.max_num_seqs) == (8000, 8192, 64)
+    assert service.gpu_memory_utilization == 0.7
+    assert not service.utilization_planned
+    assert service.kernel_note is None  # Blackwell runs NVFP4 natively
+
+
+@pytest.mark.parametrize(
+    "box, model, note",
+    [
+        ("1x-l4", "RedHatAI/Qwen3-8B-NVFP4", "weight-only FP4 Marlin"),
+        ("2x-a100-40gb", "Qwen/Qwen3-1.7B-FP8", "weight-only FP8 Marlin"),
+        ("1x-t4", "Qwen/Qwen3-1.7B-FP8", "weight-only FP8 Marlin"),
+        ("1x-l4", "Qwen/Qwen3-1.7B-FP8", None),
+        ("8x-h100", "Qwen/Qwen3-8B-AWQ", None),
+    ],
+)
+def test_plan_says_when_a_fallback_kernel_runs(
+    catalog: Catalog, box: str, model: str, note: str | None
+) -> None:
+    services = {"a": {"model": model, "gpus": [0], "port": 5001, "context": 8192}}
+    result = plan(inventory(box), _profile(services), catalog)
+    service = result.services[0]
+    if note is None:
+        assert service.kernel_note is None
+        assert not any("Marlin" in w for w in result.warnings)
+    else:
+        assert note in (service.kernel_note or "")
+        assert any(note in w for w in result.warnings)
+
+
+@pytest.mark.parametrize("model", ["Qwen/Qwen3-8B-AWQ", "Qwen/Qwen3-1.7B-FP8", "RedHatAI/Qwen3-8B-NVFP4"])
+def test_v100_refuses_awq_fp8_and_nvfp4_with_a_working_alternative(
+    catalog: Catalog, model: str
+) -> None:
+    services = {"a": {"model": model, "gpus": [0], "port": 5001, "context": 8192}}
+    with pytest.raises(PlanError) as err:
+        plan(inventory("1x-v100"), _profile(services), catalog)
+    text = str(err.value)
+    assert "compute capability 7.5 or newer" in text and "is 7.0" in text
+    # The suggested BF16 checkpoint of the same family really plans on the V100.
+    suggestion = text.split("use ")[1].split(",")[0].split(" or ")[0]
+    services["a"]["model"] = suggestion
+    assert plan(inventory("1x-v100"), _profile(services), catalog).services[0].model == suggestion
+
+
+def test_too_little_memory_fails_with_numbers_and_checked_fixes(catalog: Catalog) -> None:
+    services = {"a": {"model": "Qwen/Qwen3-8B", "gpus": [0], "port": 5001, "context": 32768}}
+    with pytest.raises(PlanError) as err:
+        plan(inventory("1x-rtx4090-half-used"), _profile(services), catalog)
+    message = str(err.value)
+    assert "does not fit on GPU 0" in message
+    assert "GiB" in message and "weights" in message
+    # Each suggested model fix must itself plan successfully.
+    fixes = [p.split("model: ")[1].rstrip(")") for p in message.split("; ") if "model: " in p]
+    assert fixes, message
+    for fix in fixes:
+        model, _, context = fix.partition(" with context: ")
+        services["a"]["model"] = model
+        services["a"]["context"] = int(context) if context else 32768
+        assert plan(inventory("1x-rtx4090-half-used"), _profile(services), catalog).services
+
+
+def test_suggested_context_fix_plans(catalog: Catalog) -> None:
+    services = {
+        "a": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [0], "port": 5001, "context": 131072},
+    }
+    with pytest.raises(PlanError) as err:
+        plan(inventory("1x-rtx4090-half-used"), _profile(services), catalog)
+    message = str(err.value)
+    context = int(message.split("context: ")[1].split(";")[0].split(")")[0])
+    assert 1024 <= context < 131072
+    services["a"]["context"] = context
+    assert plan(inventory("1x-rtx4090-half-used"), _profile(services), catalog).services
+
+
+def test_fixed_utilization_too_small_for_context_is_refused_like_vllm(catalog: Catalog) -> None:
+    services = {
+        "a": {
+            "model": "Qwen/Qwen3-8B-AWQ",
+            "gpus": [0],
+            "port": 8000,
+            "context": 32768,
+            "gpu_memory_utilization": 0.35,
+        }
+    }
+    with pytest.raises(PlanError, match="estimated maximum model length"):
+        plan(inventory("1x-l4"), _profile(services), catalog)
+
+
+def test_context_beyond_native_uses_yarn_and_beyond_yarn_is_refused(catalog: Catalog) -> None:
+    services = {"a": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [0], "port": 5001, "context": 65536}}
+    service = plan(inventory("8x-h100"), _profile(services), catalog).services[0]
+    assert service.yarn_factor == 2.0
+    assert service.max_model_len == 65536
+    services["a"]["context"] = 262144
+    with pytest.raises(ProfileError, match="131072 with YaRN"):
+        plan(inventory("8x-h100"), _profile(services), catalog)
+
+
+def test_gpu_index_out_of_range_names_the_file_and_key(catalog: Catalog) -> None:
+    with pytest.raises(ProfileError) as err:
+        plan(inventory("2x-a100-40gb"), load_profile("tri-tier"), catalog)
+    assert "tri-tier.yaml: services.mini.gpus[0]: GPU 2 does not exist" in str(err.value)
+
+
+def test_tp_must_divide_attention_heads(catalog: Catalog) -> None:
+    services = {"a": {"model": "Qwen/Qwen3-14B-AWQ", "gpus": [0, 1, 2], "port": 5001}}
+    with pytest.raises(PlanError, match="does not divide"):
+        plan(inventory("8x-h100"), _profile(services), catalog)
+
+
+def test_auto_placement_prefers_empty_gpus(catalog: Catalog) -> None:
+    services = {
+        "a": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [0], "port": 5001},
+        "b": {"model": "Qwen/Qwen3-4B-AWQ", "gpus": "auto", "port": 5002},
+        "c": {"model": "Qwen/Qwen3-32B-AWQ", "gpus": "auto", "gpu_count": 2, "port": 5003},
+    }
+    result = plan(inventory("8x-h100"), _profile(services), catalog)
+    gpus = [set(s.gpus) for s in result.services]
+    assert gpus[0] == {0}
+    assert not (gpus[1] & gpus[0]) and not (gpus[2] & (gpus[0] | gpus[1]))
+    assert len(gpus[2]) == 2
+    assert result.start_waves == (("a", "b", "c"),)
+
+
+def test_stand_in_engine_uses_the_stand_in_image(catalog: Catalog) -> None:
+    result = plan(
+        inventory("3x-rtx4090"),
+        load_profile("tri-tier"),
+        catalog,
+        PlanOptions(deployment="demo", engine="stand-in"),
+    )
+    assert result.image == STANDIN_IMAGE
+    assert result.deployment == "demo"
+
+
+@pytest.mark.parametrize(
+    "box, expected",
+    [
+        ("3x-rtx4090", "tri-tier"),
+        ("8x-h100", "eight-gpu"),
+        ("1x-rtx5090", "nvfp4-8b"),
+        ("1x-l4", "single-gpu"),
+        ("1x-t4", "single-gpu"),
+        ("2x-a100-40gb", "dual-gpu"),
+    ],
+)
+def test_profile_auto_picks_the_best_fit_and_says_why(
+    catalog: Catalog, box: str, expected: str
+) -> None:
+    choice = choose_profile(inventory(box), load_all_profiles(), catalog)
+    assert choice.plan.profile == expected
+    assert choice.reasons[0] == f"chose {expected}"
+    assert any("needs 8 GPUs" in r for r in choice.reasons) or box == "8x-h100"
+
+
+def test_profile_auto_on_v100_explains_every_refusal(catalog: Catalog) -> None:
+    with pytest.raises(PlanError) as err:
+        choose_profile(inventory("1x-v100"), load_all_profiles(), catalog)
+    assert "no profile fits" in str(err.value)
+    assert "compute capability 7.5 or newer" in str(err.value)
+
+
+def test_plan_is_pure_and_deterministic(catalog: Catalog) -> None:
+    inv = inventory("8x-h100")
+    first = plan(inv, load_profile("eight-gpu"), catalog)
+    assert plan(inv, load_profile("eight-gpu"), catalog) == first
+    data = first.to_dict()
+    for service in data["services"]:
+        for key in ("name", "model", "gpus", "tensor_parallel_size", "gpu_memory_utilization",
+                    "max_model_len", "max_num_seqs", "port", "kv_cache_tokens"):  # fmt: skip
+            assert key in service
+    assert "api_key" not in str(data).replace("api_key_source", "").replace("api_key_env", "")
+
+
+def test_memory_breakdown_is_reported_in_gib(catalog: Catalog) -> None:
+    service = plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog).service("medium")
+    gib = service.memory.as_gib()
+    assert gib["weights"] == round(math.ceil(19.3e9 / 2) / GIB, 2)
+    assert gib["budget"] <= 24564 * MIB / GIB
