@@ -127,7 +127,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], _Explain], ...] = (
     (
         "free-memory",
         re.compile(
-            r"Free memory on device(?: \S+)?(?: \((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\))?"
+            r"Free memory on device(?: (?!\()\S+)?(?: \((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\))?"
             r".*?less than desired GPU memory utilization"
             r"(?: \((?P<util>[\d.]+), (?P<wanted>[\d.]+) GiB\))?"
         ),
@@ -139,7 +139,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], _Explain], ...] = (
         "gpu-unsupported",
         re.compile(
             r"(?:The quantization method (?P<method>\S+) )?is not supported for the current GPU"
-            r"(?:.*?Minimum capability: (?P<need>\d+))?(?:.*?Current capability: (?P<have>\d+))?"
+            r"(?:.*?(?:Minimum|Required) capability: (?P<need>\d+))?(?:.*?Current capability: (?P<have>\d+))?"
         ),
         _unsupported,
     ),
@@ -192,16 +192,19 @@ def excerpt(lines: Sequence[str], limit: int = 15) -> list[str]:
     """The last `limit` non-blank lines, with any earlier line a finding quotes put in front
     (an elided gap is shown as '…'), so what explains the failure is always visible."""
     cleaned = [clean(line) for line in lines]
-    numbered = [(i, line) for i, line in enumerate(cleaned) if line.strip()]
-    tail = numbered[-limit:] if limit > 0 else []
-    first_tail = tail[0][0] if tail else len(cleaned)
-    wanted = {f.line for f in diagnose(cleaned)}
-    early = [(i, line) for i, line in numbered if i < first_tail and line.strip() in wanted]
+    kept = [line for line in cleaned if line.strip()]  # positions below count kept lines
+    start = max(0, len(kept) - limit) if limit > 0 else len(kept)
+    in_tail = {line.strip() for line in kept[start:]}
+    wanted = {f.line for f in diagnose(kept)} - in_tail
+    latest: dict[str, int] = {}
+    for position, line in enumerate(kept[:start]):
+        if line.strip() in wanted:
+            latest[line.strip()] = position  # a crash loop repeats it: show the latest only
     out: list[str] = []
     previous = -1
-    for i, line in [*early, *tail]:
-        if out and i != previous + 1:
+    for position in [*sorted(latest.values()), *range(start, len(kept))]:
+        if out and position != previous + 1:
             out.append("…")
-        out.append(line)
-        previous = i
+        out.append(kept[position])
+        previous = position
     return out

@@ -1,0 +1,139 @@
+"""Render a plan into the files of a deployment directory: compose.yaml, .env and plan.json.
+
+Pure: the compose file is the jinja2 template in `compose_templates/` applied to the same
+ContainerSpecs the Docker runtime starts, so `docker compose up -d` and `qwen-deploy up` run the
+same containers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+import deployer
+from deployer.deployment import COMPOSE_FILE, ENV_FILE, PLAN_FILE, render_env
+from deployer.planner import DeploymentPlan
+from deployer.profiles import API_KEY_PATTERN
+from deployer.spec import LABEL_PREFIX, ContainerSpec, container_specs, project_name
+
+TEMPLATES_DIR = Path(deployer.__file__).resolve().parent.parent / "compose_templates"
+COMPOSE_TEMPLATE = "compose.yaml.j2"
+
+# Plain YAML keys that every YAML 1.1 or 1.2 parser reads back as the same string.
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_YAML11_WORDS = {"y", "yes", "n", "no", "true", "false", "on", "off", "null"}
+
+
+def yaml_str(value: object) -> str:
+    """One double-quoted YAML scalar on one line, whatever the characters."""
+    text = yaml.dump(str(value), default_style='"', allow_unicode=True, width=1 << 30)
+    text = text.rstrip("\n")
+    if "\n" in text:  # pragma: no cover - PyYAML escapes every line break in this style
+        raise ValueError(f"cannot render {value!r} as a one-line YAML scalar")
+    return text
+
+
+def literal(value: object) -> str:
+    """A string compose must pass through unchanged: `$` doubled so it is not interpolated."""
+    return yaml_str(str(value).replace("$", "$$"))
+
+
+def yaml_key(value: object) -> str:
+    text = str(value)
+    if _PLAIN_KEY.match(text) and text.lower() not in _YAML11_WORDS:
+        return text
+    return literal(text)
+
+
+def comment(value: object) -> str:
+    """Text safe inside a `#` comment line."""
+    return " ".join(str(value).split())
+
+
+def interpolation(var: str, required: bool) -> str:
+    """`${VAR}` for compose to fill in from .env or the shell; never the value itself."""
+    if required:
+        # An empty VLLM_API_KEY would serve without authentication: refuse to start instead.
+        return f"${{{var}:?is not set; it belongs in the .env file beside compose.yaml}}"
+    return f"${{{var}:-}}"
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = literal
+    env.filters["ref"] = yaml_str  # `${VAR}` interpolations, the one place `$` stays live
+    env.filters["key"] = yaml_key
+    env.filters["comment"] = comment
+    return env
+
+
+def _context(plan: DeploymentPlan, specs: tuple[ContainerSpec, ...]) -> dict[str, Any]:
+    required = {service.api_key_env for service in plan.services}
+    volumes: list[str] = []
+    for spec in specs:
+        volumes += [name for name, _ in spec.volumes if name not in volumes]
+    networks = {spec.network for spec in specs}
+    if len(networks) != 1:
+        raise ValueError(f"services of one deployment are on different networks: {networks}")
+    return {
+        "plan": plan,
+        "project": project_name(plan),
+        "network": networks.pop(),
+        "volumes": volumes,
+        "services": [
+            {
+                "spec": spec,
+                "plan": service,
+                "secrets": [
+                    (name, interpolation(var, var in required)) for name, var in spec.secret_env
+                ],
+                # compose sets its own com.docker.compose.* labels; it refuses ours.
+                "labels": [(k, v) for k, v in spec.labels if k.startswith(LABEL_PREFIX)],
+            }
+            for service, spec in zip(plan.services, specs, strict=True)
+        ],
+    }
+
+
+def render_compose(plan: DeploymentPlan, deployment_dir: str) -> str:
+    """The compose.yaml text for this plan."""
+    specs = container_specs(plan, deployment_dir)
+    template = _environment().get_template(COMPOSE_TEMPLATE)
+    return template.render(_context(plan, specs))
+
+
+def render_files(
+    plan: DeploymentPlan, deployment_dir: str, api_keys: Mapping[str, str]
+) -> dict[str, str]:
+    """Every file of the deployment directory, by name; .env holds only the services' keys."""
+    keys: dict[str, str] = {}
+    for service in plan.services:
+        var = service.api_key_env
+        key = api_keys.get(var)
+        if key is None:
+            raise ValueError(f"no API key for service {service.name!r} ({var})")
+        if not API_KEY_PATTERN.match(key):
+            raise ValueError(f"the API key in {var} would break the .env file")
+        keys[var] = key
+    # Written in this order: .env first so a new compose.yaml never lacks its keys, plan.json
+    # last because its presence is what makes the deployment exist.
+    return {
+        ENV_FILE: render_env(keys),
+        COMPOSE_FILE: render_compose(plan, deployment_dir),
+        PLAN_FILE: json.dumps(plan.to_dict(), indent=2) + "\n",
+    }
