@@ -69,7 +69,7 @@ def _examples(
             data["chat_template_kwargs"] = {"enable_thinking": thinking}
         return json.dumps(data, indent=2, ensure_ascii=False).replace("'", "'\\''")
 
-    def curl(extra: dict[str, Any], thinking: bool | None, stream: bool = False) -> str:
+    def curl(extra: dict[str, Any], thinking: bool | None, *, stream: bool = False) -> str:
         flag = "curl -N" if stream else "curl"
         return (
             f"{flag} {base_url}/chat/completions \\\n"
@@ -83,39 +83,39 @@ def _examples(
         + ("" if literal else "import os\n")
         + f'\nclient = OpenAI(base_url="{base_url}", api_key={py_key})\n'
     )
-    off = '    extra_body={"chat_template_kwargs": {"enable_thinking": False}},\n'
+
+    def python(target: str, max_tokens: int, thinking: bool | None, *, stream: bool = False) -> str:
+        lines = [
+            f"{target} = client.chat.completions.create(",
+            f'    model="{model}",',
+            f'    messages=[{{"role": "user", "content": "{EXAMPLE_PROMPT}"}}],',
+            f"    max_tokens={max_tokens},",
+        ]
+        if stream:
+            lines.append("    stream=True,")
+        if thinking is not None:
+            lines.append(
+                f'    extra_body={{"chat_template_kwargs": {{"enable_thinking": {thinking}}}}},'
+            )
+        return client + "\n".join([*lines, ")", ""])
+
+    off = False if thinks else None
     examples = {
         "curl_models": f'curl -H "{header}" {base_url}/models',
-        "curl_chat": curl({"max_tokens": 256}, False if thinks else None),
-        "curl_stream": curl({"max_tokens": 256, "stream": True}, False if thinks else None, True),
-        "python_openai": client
-        + "resp = client.chat.completions.create(\n"
-        f'    model="{model}",\n'
-        f'    messages=[{{"role": "user", "content": "{EXAMPLE_PROMPT}"}}],\n'
-        "    max_tokens=256,\n" + (off if thinks else "") + ")\n"
-        "print(resp.choices[0].message.content)\n",
-        "python_streaming": client
-        + "stream = client.chat.completions.create(\n"
-        f'    model="{model}",\n'
-        f'    messages=[{{"role": "user", "content": "{EXAMPLE_PROMPT}"}}],\n'
-        "    max_tokens=256,\n"
-        "    stream=True,\n" + (off if thinks else "") + ")\n"
-        "for chunk in stream:\n"
+        "curl_chat": curl({"max_tokens": 256}, off),
+        "curl_stream": curl({"max_tokens": 256, "stream": True}, off, stream=True),
+        "python_openai": python("resp", 256, off) + "print(resp.choices[0].message.content)\n",
+        "python_streaming": python("stream", 256, off, stream=True) + "for chunk in stream:\n"
         "    if chunk.choices and chunk.choices[0].delta.content:\n"
         '        print(chunk.choices[0].delta.content, end="", flush=True)\n'
         "print()\n",
     }
     if thinks:
         examples["curl_thinking_on"] = curl({"max_tokens": 4096}, True)
-        examples["python_thinking"] = (
-            client + "resp = client.chat.completions.create(\n"
-            f'    model="{model}",\n'
-            f'    messages=[{{"role": "user", "content": "{EXAMPLE_PROMPT}"}}],\n'
-            "    max_tokens=4096,  # thinking tokens count against max_tokens\n"
-            '    extra_body={"chat_template_kwargs": {"enable_thinking": True}},\n'
-            ")\n"
+        examples["python_thinking"] = python("resp", 4096, True) + (
             "message = resp.choices[0].message\n"
-            'print("reasoning:", getattr(message, "reasoning", None))  # split out by vLLM\n'
+            "# vLLM returns the thinking apart; thinking tokens count against max_tokens.\n"
+            'print("reasoning:", getattr(message, "reasoning", None))\n'
             'print("answer:", message.content)\n'
             'if resp.choices[0].finish_reason == "length" and not message.content:\n'
             '    print("max_tokens ran out while thinking: raise it or disable thinking")\n'

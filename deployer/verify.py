@@ -535,8 +535,7 @@ def _check_thinking(client: _Client, service: ServicePlan) -> tuple[str, Metrics
     if not content:
         raise _CheckFailed(f"reasoning but an empty answer (finish_reason {finish})", metrics)
     return (
-        f"reasoning {len(reasoning)} chars, answer {len(content)} chars "
-        f"in {latency * 1000:.0f} ms",
+        f"reasoning {len(reasoning)} chars, answer {len(content)} chars in {latency * 1000:.0f} ms",
         metrics,
     )
 
