@@ -210,7 +210,9 @@ def _build(cls: type[Any], raw: dict[str, Any]) -> Any:
 
 def plan_from_dict(data: dict[str, Any]) -> DeploymentPlan:
     if data.get("schema_version") != PLAN_SCHEMA_VERSION:
-        raise ValueError(f"schema_version {data.get('schema_version')!r} is not {PLAN_SCHEMA_VERSION}")
+        raise ValueError(
+            f"schema_version {data.get('schema_version')!r} is not {PLAN_SCHEMA_VERSION}"
+        )
     services = []
     for raw in data["services"]:
         raw = dict(raw)

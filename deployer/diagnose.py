@@ -91,8 +91,7 @@ def _max_len(match: re.Match[str]) -> tuple[str, str]:
             "use kv_cache_dtype: fp8"
         )
     return summary, (
-        "lower context for this service, raise gpu_memory_utilization, or use "
-        "kv_cache_dtype: fp8"
+        "lower context for this service, raise gpu_memory_utilization, or use kv_cache_dtype: fp8"
     )
 
 
@@ -153,9 +152,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], _Explain], ...] = (
     ),
     (
         "max-model-len",
-        re.compile(
-            r"max_model_len \((?P<wanted>\d+)\) is greater than the derived max_model_len"
-        ),
+        re.compile(r"max_model_len \((?P<wanted>\d+)\) is greater than the derived max_model_len"),
         _derived_len,
     ),
     (

@@ -67,7 +67,11 @@ def _examples(
         }
         if thinking is not None:
             data["chat_template_kwargs"] = {"enable_thinking": thinking}
-        return json.dumps(data, indent=2, ensure_ascii=False).replace("'", "'\\''")
+        # One key a line, values compact: readable and still valid JSON.
+        fields = [
+            f"    {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in data.items()
+        ]
+        return ("{\n" + ",\n".join(fields) + "\n  }").replace("'", "'\\''")
 
     def curl(extra: dict[str, Any], thinking: bool | None, *, stream: bool = False) -> str:
         flag = "curl -N" if stream else "curl"
@@ -162,10 +166,15 @@ def _advice(plan: DeploymentPlan) -> list[str]:
 
 
 def endpoints_guide(
-    plan: DeploymentPlan, keys: Mapping[str, str], show_keys: bool, host: str | None = None
+    plan: DeploymentPlan,
+    keys: Mapping[str, str],
+    show_keys: bool,
+    host: str | None = None,
+    env_file: str | None = None,
 ) -> dict[str, Any]:
     """Per tier: URL, model, context, key (masked unless show_keys), sampling, examples;
-    then advice for the whole deployment."""
+    then advice for the whole deployment. env_file (the deployment's .env) is named in the
+    guide so that the examples' key variables can be loaded from it."""
     shared = _shared_gpus(plan)
     tiers = []
     for service in plan.services:
@@ -206,6 +215,7 @@ def endpoints_guide(
         "engine": plan.engine,
         "vllm_version": plan.vllm_version,
         "keys_shown": show_keys,
+        "env_file": env_file,
         "tiers": tiers,
         "advice": _advice(plan),
     }
@@ -235,13 +245,14 @@ def to_markdown(guide: Mapping[str, Any]) -> str:
         )
     out.append("")
     if not guide["keys_shown"]:
+        names = ", ".join(f"`{t['api_key_env']}`" for t in tiers)
         out += [
-            "Keys are masked; `qwen-deploy endpoints --show-keys` prints them. The examples read "
-            "each key from its environment variable: "
-            + ", ".join(f"`{t['api_key_env']}`" for t in tiers)
-            + ".",
+            f"Keys are masked (`qwen-deploy endpoints --show-keys` prints them); the examples "
+            f"read each key from its environment variable ({names}).",
             "",
         ]
+        if guide.get("env_file"):
+            out += ["```bash", f"set -a; . {guide['env_file']}; set +a", "```", ""]
     out += ["## Sampling", ""]
     for t in tiers:
         line = f"- **{t['service']}**: server defaults (used when a request omits them): "
@@ -276,8 +287,6 @@ def to_markdown(guide: Mapping[str, Any]) -> str:
                 '`"chat_template_kwargs": {"enable_thinking": false}`.'
             )
         out.append("")
-        if not guide["keys_shown"]:
-            out += ["```bash", f"export {t['api_key_env']}=…  # see --show-keys", "```", ""]
         for name, text in t["examples"].items():
             title, lang = titles.get(name, (name, ""))
             out += [f"### {title}", "", f"```{lang}", text.rstrip("\n"), "```", ""]

@@ -1,4 +1,4 @@
-"""GPU inventory: the domain types and the JSON form that `gpus --json` prints and `--gpus-file` reads."""
+"""GPU inventory: domain types and the JSON that `gpus --json` prints and `--gpus-file` reads."""
 
 from __future__ import annotations
 
@@ -61,9 +61,7 @@ class GpuInventory:
         for gpu in self.gpus:
             if gpu.index == index:
                 return gpu
-        raise InventoryError(
-            f"GPU {index} does not exist; this box has GPUs {self.indices_text()}"
-        )
+        raise InventoryError(f"GPU {index} does not exist; this box has GPUs {self.indices_text()}")
 
     def indices_text(self) -> str:
         return ", ".join(str(g.index) for g in self.gpus) or "none"
@@ -71,7 +69,7 @@ class GpuInventory:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("source")
-        for gpu, raw in zip(self.gpus, data["gpus"]):
+        for gpu, raw in zip(self.gpus, data["gpus"], strict=True):
             raw["memory_free_mib"] = gpu.memory_free_mib
         return data
 

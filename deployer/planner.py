@@ -123,7 +123,7 @@ class DeploymentPlan:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["schema_version"] = PLAN_SCHEMA_VERSION
-        for raw, service in zip(data["services"], self.services):
+        for raw, service in zip(data["services"], self.services, strict=True):
             raw["api_key_env"] = service.api_key_env
             raw["memory_gib"] = service.memory.as_gib()
         return data
@@ -158,9 +158,7 @@ def _dtype_bytes(kv_cache_dtype: str) -> int:
     return 1 if kv_cache_dtype.startswith("fp8") else 2
 
 
-def _need(
-    ckpt: Checkpoint, tp: int, kv_dtype: str, seqs: int, batched: int, eager: bool
-) -> _Need:
+def _need(ckpt: Checkpoint, tp: int, kv_dtype: str, seqs: int, batched: int, eager: bool) -> _Need:
     fam = ckpt.family
     # Profiling-run peak: hidden states and MLP intermediates for one full batch of tokens,
     # plus fp32 logits for every sequence the sampler warms up with (vocab is gathered).
@@ -236,7 +234,9 @@ def _place(profile: Profile, inventory: GpuInventory) -> dict[str, tuple[int, ..
     return placed
 
 
-def _check_gpu_support(spec: ServiceSpec, ckpt: Checkpoint, gpus: list[Gpu], catalog: Catalog) -> str | None:
+def _check_gpu_support(
+    spec: ServiceSpec, ckpt: Checkpoint, gpus: list[Gpu], catalog: Catalog
+) -> str | None:
     support = QUANTIZATIONS[ckpt.quantization]
     for gpu in gpus:
         if gpu.mig_enabled:
@@ -280,7 +280,8 @@ def _context(spec: ServiceSpec, ckpt: Checkpoint, profile: Profile) -> tuple[int
         return spec.context, factor
     raise ProfileError(
         f"{profile.source}: services.{spec.name}.context: {spec.context} tokens is more than "
-        f"{ckpt.id} supports ({fam.max_position_embeddings} natively, {fam.yarn_context} with YaRN)",
+        f"{ckpt.id} supports ({fam.max_position_embeddings} natively, "
+        f"{fam.yarn_context} with YaRN)",
         hint=f"use context: {fam.yarn_context} or less",
     )
 
@@ -309,22 +310,28 @@ def plan(
         gpu_objs = [by_index[i] for i in gpus]
         note = _check_gpu_support(spec, ckpt, gpu_objs, catalog)
         context, yarn = _context(spec, ckpt, profile)
-        default_seqs, batched = batch_defaults(gpu_objs[0].name, min(g.memory_total_mib for g in gpu_objs))
+        default_seqs, batched = batch_defaults(
+            gpu_objs[0].name, min(g.memory_total_mib for g in gpu_objs)
+        )
         seqs = spec.max_num_seqs or default_seqs
-        need = _need(ckpt, spec.tensor_parallel_size, spec.kv_cache_dtype, seqs, batched, spec.enforce_eager)
+        need = _need(
+            ckpt, spec.tensor_parallel_size, spec.kv_cache_dtype, seqs, batched, spec.enforce_eager
+        )
         min_tokens = MIN_AUTO_CONTEXT if spec.context is None else context
         draft = _Draft(spec, ckpt, gpus, context, yarn, seqs, max(batched, seqs), need, min_tokens)
         if note:
-            draft.notes.append(f"{ckpt.quantization.upper()} on compute capability "
-                               f"{min(g.compute_capability for g in gpu_objs)}: {note}")
+            draft.notes.append(
+                f"{ckpt.quantization.upper()} on compute capability "
+                f"{min(g.compute_capability for g in gpu_objs)}: {note}"
+            )
         drafts.append(draft)
 
     _size_utilizations(drafts, by_index, options, catalog, inventory)
     services = tuple(_finish(d, by_index) for d in drafts)
     services = _order(services)
-    warnings = tuple(
-        f"{d.spec.name}: {n}" for d in drafts for n in d.notes
-    ) + _shared_gpu_warnings(services)
+    warnings = tuple(f"{d.spec.name}: {n}" for d in drafts for n in d.notes) + _shared_gpu_warnings(
+        services
+    )
     return DeploymentPlan(
         deployment=options.deployment,
         profile=profile.name,
@@ -376,14 +383,14 @@ def _size_utilizations(
         - sum(math.ceil(d.utilization * gpus[i].total_bytes) for d in group)
         for i, group in on_gpu.items()
     }
-    shares = {i: sum(d.spec.share for d in group if d.spec.gpu_memory_utilization is None)
-              for i, group in on_gpu.items()}
+    shares = {
+        i: sum(d.spec.share for d in group if d.spec.gpu_memory_utilization is None)
+        for i, group in on_gpu.items()
+    }
     for d in drafts:
         if d.spec.gpu_memory_utilization is not None:
             continue
-        extra = min(
-            slack[g] * d.spec.share / shares[g] / gpus[g].total_bytes for g in d.gpus
-        )
+        extra = min(slack[g] * d.spec.share / shares[g] / gpus[g].total_bytes for g in d.gpus)
         d.utilization = _floor(d.utilization + max(0.0, extra))
 
     for d in drafts:
@@ -400,9 +407,11 @@ def _size_utilizations(
                 f"but one {d.min_tokens}-token request needs {_gib(needed)} "
                 f"(vLLM would refuse to start: estimated maximum model length {fits})",
                 hint=_join_fixes(
-                    [f"context: {fits // 1024 * 1024}" if fits >= 1024 else "",
-                     "raise gpu_memory_utilization or set it to auto",
-                     "kv_cache_dtype: fp8" if _dtype_bytes(d.spec.kv_cache_dtype) == 2 else ""]
+                    [
+                        f"context: {fits // 1024 * 1024}" if fits >= 1024 else "",
+                        "raise gpu_memory_utilization or set it to auto",
+                        "kv_cache_dtype: fp8" if _dtype_bytes(d.spec.kv_cache_dtype) == 2 else "",
+                    ]
                 ),
             )
 
@@ -424,7 +433,9 @@ def _no_fit_message(gpu: Gpu, group: list[_Draft], options: PlanOptions) -> str:
     for d in group:
         asked = math.ceil(d.utilization * gpu.total_bytes)
         if d.spec.gpu_memory_utilization is not None:
-            parts.append(f"{d.spec.name} asks {_gib(asked)} (gpu_memory_utilization {d.utilization})")
+            parts.append(
+                f"{d.spec.name} asks {_gib(asked)} (gpu_memory_utilization {d.utilization})"
+            )
         else:
             kv = _kv_bytes(d.min_tokens, d.need.kv_per_token)
             parts.append(
@@ -450,7 +461,10 @@ def _fixes(
         others = sum(math.ceil(o.utilization * gpu.total_bytes) for o in group if o is not d)
         room = usable - others
         if d.spec.gpu_memory_utilization is not None:
-            fixes.append(f"{d.spec.name}: gpu_memory_utilization {_floor(max(0.0, room) / gpu.total_bytes)} or auto")
+            fixes.append(
+                f"{d.spec.name}: gpu_memory_utilization "
+                f"{_floor(max(0.0, room) / gpu.total_bytes)} or auto"
+            )
             continue
         tokens = (room - d.need.fixed) // d.need.kv_per_token if room > d.need.fixed else 0
         if 1024 <= tokens < d.min_tokens:
@@ -464,7 +478,9 @@ def _fixes(
                 continue
             if gpu.capability < QUANTIZATIONS[alt.quantization].min_capability:
                 continue
-            alt_need = replace(d.need, weights=math.ceil(alt.weight_bytes / d.spec.tensor_parallel_size))
+            alt_need = replace(
+                d.need, weights=math.ceil(alt.weight_bytes / d.spec.tensor_parallel_size)
+            )
             if alt_need.bytes_for(d.min_tokens) <= room:
                 fixes.append(f"{d.spec.name}: model: {alt.id}")
                 break
@@ -489,10 +505,8 @@ def _finish(d: _Draft, gpus: dict[int, Gpu]) -> ServicePlan:
     budget = min(math.ceil(d.utilization * gpus[g].total_bytes) for g in d.gpus)
     kv = budget - d.need.fixed
     kv_tokens = kv // d.need.kv_per_token // KV_BLOCK_SIZE * KV_BLOCK_SIZE
-    if d.spec.context is None:
-        max_len = min(d.context, kv_tokens // 256 * 256)
-    else:
-        max_len = d.context
+    # "context: max" takes what the KV cache holds, in whole 256-token steps.
+    max_len = min(d.context, kv_tokens // 256 * 256) if d.spec.context is None else d.context
     spec = d.spec
     return ServicePlan(
         name=spec.name,
@@ -520,7 +534,11 @@ def _finish(d: _Draft, gpus: dict[int, Gpu]) -> ServicePlan:
         port=spec.port,
         bind=spec.bind,
         api_key_source=(
-            "profile" if spec.api_key else f"env:{spec.api_key_env}" if spec.api_key_env else "generated"
+            "profile"
+            if spec.api_key
+            else f"env:{spec.api_key_env}"
+            if spec.api_key_env
+            else "generated"
         ),
         generation=spec.generation,
         reasoning_parser=spec.reasoning_parser,
@@ -541,9 +559,7 @@ def _order(services: tuple[ServicePlan, ...]) -> tuple[ServicePlan, ...]:
     engines profiling one GPU at once mis-size each other)."""
     ordered = []
     for position, service in enumerate(services):
-        before = tuple(
-            s.name for s in services[:position] if set(s.gpus) & set(service.gpus)
-        )
+        before = tuple(s.name for s in services[:position] if set(s.gpus) & set(service.gpus))
         ordered.append(replace(service, start_after=before[-1:]))
     return tuple(ordered)
 
@@ -592,7 +608,10 @@ def choose_profile(
     fitting: list[tuple[tuple[int, int, int], DeploymentPlan]] = []
     for profile in profiles:
         if profile.gpus_needed > len(inventory.gpus):
-            reasons.append(f"{profile.name}: needs {profile.gpus_needed} GPUs, this box has {len(inventory.gpus)}")
+            reasons.append(
+                f"{profile.name}: needs {profile.gpus_needed} GPUs, "
+                f"this box has {len(inventory.gpus)}"
+            )
             continue
         try:
             candidate = plan(inventory, profile, catalog, options)
@@ -604,7 +623,8 @@ def choose_profile(
         fallback = len(candidate.services) - native
         fitting.append(((len(candidate.gpus), -fallback, weights), candidate))
         reasons.append(
-            f"{profile.name}: fits, uses {len(candidate.gpus)} GPU(s) and {_gib(weights)} of weights"
+            f"{profile.name}: fits, uses {len(candidate.gpus)} GPU(s) "
+            f"and {_gib(weights)} of weights"
         )
     if not fitting:
         raise PlanError("no profile fits these GPUs: " + "; ".join(reasons))

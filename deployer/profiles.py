@@ -1,4 +1,4 @@
-"""Deployment profiles: strict YAML -> frozen dataclasses. Errors name the file, the key and what was expected."""
+"""Deployment profiles: strict YAML -> frozen dataclasses; errors name file, key and expectation."""
 
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ def _int(value: Any, where: str, low: int, high: int) -> int:
 
 def _float(value: Any, where: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-        raise ProfileError(f"{where}: expected a number above {low} and at most {high}, got {value!r}")
+        raise ProfileError(
+            f"{where}: expected a number above {low} and at most {high}, got {value!r}"
+        )
     return float(value)
 
 
@@ -145,7 +147,9 @@ def _parse_generation(raw: Any, where: str, base: GenerationDefaults) -> Generat
                 raise ProfileError(f"{where}.min_p: expected a number from 0 to 1")
             values[key] = float(value)
         else:
-            values[key] = _float(value, f"{where}.{key}", -0.000001 if key == "temperature" else 0, 2)
+            values[key] = _float(
+                value, f"{where}.{key}", -0.000001 if key == "temperature" else 0, 2
+            )
     return GenerationDefaults(**values)  # type: ignore[arg-type]
 
 
@@ -178,8 +182,12 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     else:
         raise ProfileError(f"{where}.gpus: expected 'auto', a GPU index or a list of indices")
     if gpus is None:
-        gpu_count = _int(merged.get("gpu_count", merged.get("tensor_parallel_size", 1)),
-                         f"{where}.gpu_count", 1, 64)
+        gpu_count = _int(
+            merged.get("gpu_count", merged.get("tensor_parallel_size", 1)),
+            f"{where}.gpu_count",
+            1,
+            64,
+        )
     else:
         if "gpu_count" in raw and raw["gpu_count"] != len(gpus):
             raise ProfileError(f"{where}.gpu_count: {raw['gpu_count']} but gpus lists {len(gpus)}")
@@ -199,7 +207,9 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     seqs = None if seqs_raw in (None, "auto") else _int(seqs_raw, f"{where}.max_num_seqs", 1, 65536)
     kv_dtype = str(merged.get("kv_cache_dtype", "auto"))
     if kv_dtype not in KV_CACHE_DTYPES:
-        raise ProfileError(f"{where}.kv_cache_dtype: {kv_dtype!r} is not one of {list(KV_CACHE_DTYPES)}")
+        raise ProfileError(
+            f"{where}.kv_cache_dtype: {kv_dtype!r} is not one of {list(KV_CACHE_DTYPES)}"
+        )
 
     api_key = raw.get("api_key")
     api_key_env = merged.get("api_key_env")
@@ -252,13 +262,15 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
         generation=_parse_generation(
             raw.get("generation"),
             f"{where}.generation",
-            _parse_generation(defaults.get("generation"), f"{source}: defaults.generation",
-                              GenerationDefaults()),
+            _parse_generation(
+                defaults.get("generation"), f"{source}: defaults.generation", GenerationDefaults()
+            ),
         ),
         aliases=tuple(aliases_raw),
         bind=bind,
-        startup_timeout_s=_int(merged.get("startup_timeout_s", 1200), f"{where}.startup_timeout_s",
-                               5, 86400),
+        startup_timeout_s=_int(
+            merged.get("startup_timeout_s", 1200), f"{where}.startup_timeout_s", 5, 86400
+        ),
         share=_float(merged.get("share", 1.0), f"{where}.share", 0, 100),
         enforce_eager=bool(merged.get("enforce_eager", False)),
         reasoning_parser=None if parser in (None, "none") else str(parser),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,7 +64,7 @@ def models(models_files: tuple[Path, ...], as_json: bool) -> None:
     from deployer.vllm_pin import QUANTIZATIONS
 
     catalog = load_catalog(models_files)
-    entries = []
+    entries: list[dict[str, Any]] = []
     for ckpt in catalog.checkpoints.values():
         fam = ckpt.family
         support = QUANTIZATIONS[ckpt.quantization]

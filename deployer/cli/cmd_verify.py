@@ -9,7 +9,7 @@ import click
 
 from deployer import __version__
 from deployer.cli.common import AppContext, json_option, pass_app, print_json, table, use_color
-from deployer.deployment import DeploymentDir
+from deployer.deployment import ENV_FILE, DeploymentDir
 
 if TYPE_CHECKING:
     from deployer.planner import DeploymentPlan
@@ -144,7 +144,8 @@ def endpoints(app: AppContext, fmt: str, show_keys: bool, host: str | None) -> N
     from deployer.endpoints import endpoints_guide, to_markdown
 
     directory = app.deployment_dir
-    guide = endpoints_guide(directory.load_plan(), directory.read_env(), show_keys, host)
+    env_file = str(directory.file(ENV_FILE))
+    guide = endpoints_guide(directory.load_plan(), directory.read_env(), show_keys, host, env_file)
     if fmt == "json":
         print_json("endpoints", guide)
     else:

@@ -131,7 +131,9 @@ def test_api_key_env_must_be_set(tmp_path: Path) -> None:
     assert result.exit_code == ExitCode.PROFILE
     assert "$VLLM_API_KEY is not set" in result.output
     assert not (tmp_path / "qwen3" / "compose.yaml").exists()
-    ok = CliRunner().invoke(cli, ["--home", str(tmp_path), *args], env={**env, "VLLM_API_KEY": "secret-key-123"})
+    ok = CliRunner().invoke(
+        cli, ["--home", str(tmp_path), *args], env={**env, "VLLM_API_KEY": "secret-key-123"}
+    )
     assert ok.exit_code == 0, ok.output
 
 

@@ -73,7 +73,12 @@ def test_catalog_has_the_qwen3_family_with_published_checkpoints() -> None:
         "Qwen3-0.6B", "Qwen3-1.7B", "Qwen3-4B", "Qwen3-8B", "Qwen3-14B", "Qwen3-32B",
         "Qwen3-30B-A3B", "Qwen3-235B-A22B",
     }  # fmt: skip
-    for model in ("Qwen/Qwen3-32B-AWQ", "Qwen/Qwen3-8B-AWQ", "Qwen/Qwen3-1.7B-FP8", "RedHatAI/Qwen3-8B-NVFP4"):
+    for model in (
+        "Qwen/Qwen3-32B-AWQ",
+        "Qwen/Qwen3-8B-AWQ",
+        "Qwen/Qwen3-1.7B-FP8",
+        "RedHatAI/Qwen3-8B-NVFP4",
+    ):
         assert model in catalog.checkpoints
     qwen32 = catalog.get("Qwen/Qwen3-32B-AWQ").family
     assert (qwen32.layers, qwen32.kv_heads, qwen32.head_dim) == (64, 8, 128)

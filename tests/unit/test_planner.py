@@ -41,7 +41,11 @@ def test_tri_tier_on_three_4090s_matches_the_reference_placement(catalog: Catalo
     assert by_name["medium"].tensor_parallel_size == 2
     assert by_name["medium"].model == "Qwen/Qwen3-32B-AWQ"
     assert (by_name["mini"].gpus, by_name["micro"].gpus) == ((2,), (2,))
-    assert {s.name: s.port for s in result.services} == {"medium": 5002, "mini": 5001, "micro": 5000}
+    assert {s.name: s.port for s in result.services} == {
+        "medium": 5002,
+        "mini": 5001,
+        "micro": 5000,
+    }
     assert result.image == VLLM_IMAGE
     # Co-tenants start one after another; medium shares no GPU and starts at once.
     assert by_name["micro"].start_after == ("mini",)
@@ -109,7 +113,10 @@ def test_shared_gpu_is_split_by_share(catalog: Catalog) -> None:
     mini, micro = result.service("mini"), result.service("micro")
     assert mini.gpu_memory_utilization > micro.gpu_memory_utilization
     gpu = inventory("3x-rtx4090").by_index(2)
-    usable = min(gpu.total_bytes * 0.95, gpu.free_bytes - max(MARGIN_MIN_BYTES, gpu.total_bytes * MARGIN_FRACTION))
+    usable = min(
+        gpu.total_bytes * 0.95,
+        gpu.free_bytes - max(MARGIN_MIN_BYTES, gpu.total_bytes * MARGIN_FRACTION),
+    )
     together = (mini.gpu_memory_utilization + micro.gpu_memory_utilization) * gpu.total_bytes
     # The spare memory is handed out, not left idle (to within the 0.001 rounding per service).
     assert usable - 2 * 0.001 * gpu.total_bytes <= together <= usable
@@ -168,7 +175,9 @@ def test_plan_says_when_a_fallback_kernel_runs(
         assert any(note in w for w in result.warnings)
 
 
-@pytest.mark.parametrize("model", ["Qwen/Qwen3-8B-AWQ", "Qwen/Qwen3-1.7B-FP8", "RedHatAI/Qwen3-8B-NVFP4"])
+@pytest.mark.parametrize(
+    "model", ["Qwen/Qwen3-8B-AWQ", "Qwen/Qwen3-1.7B-FP8", "RedHatAI/Qwen3-8B-NVFP4"]
+)
 def test_v100_refuses_awq_fp8_and_nvfp4_with_a_working_alternative(
     catalog: Catalog, model: str
 ) -> None:

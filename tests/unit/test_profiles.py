@@ -41,7 +41,12 @@ def test_shipped_profiles_cover_one_two_three_and_eight_gpus() -> None:
 def test_nvfp4_profile_keeps_its_fixed_settings() -> None:
     (service,) = load_profile("nvfp4-8b").services
     assert service.model == "RedHatAI/Qwen3-8B-NVFP4"
-    assert (service.port, service.context, service.gpu_memory_utilization, service.max_num_seqs) == (
+    assert (
+        service.port,
+        service.context,
+        service.gpu_memory_utilization,
+        service.max_num_seqs,
+    ) == (
         8000,
         8192,
         0.7,
@@ -61,22 +66,58 @@ GOOD = {"model": "Qwen/Qwen3-8B-AWQ", "port": 5001, "gpus": [0]}
 @pytest.mark.parametrize(
     "services, top, expected",
     [
-        ({"a": {**GOOD, "contxt": 8192}}, {}, "bad.yaml: services.a: unknown key 'contxt' (did you mean 'context'?)"),
-        ({"a": GOOD, "b": {**GOOD, "gpus": [1]}}, {}, "services.b.port: 5001 is already used by services.a"),
-        ({"a": {**GOOD, "port": 70000}}, {}, "services.a.port: expected an integer from 1 to 65535"),
+        (
+            {"a": {**GOOD, "contxt": 8192}},
+            {},
+            "bad.yaml: services.a: unknown key 'contxt' (did you mean 'context'?)",
+        ),
+        (
+            {"a": GOOD, "b": {**GOOD, "gpus": [1]}},
+            {},
+            "services.b.port: 5001 is already used by services.a",
+        ),
+        (
+            {"a": {**GOOD, "port": 70000}},
+            {},
+            "services.a.port: expected an integer from 1 to 65535",
+        ),
         ({"a": {**GOOD, "gpus": [0, 0]}}, {}, "services.a.gpus: a GPU is listed twice"),
         ({"a": {**GOOD, "gpus": "all"}}, {}, "services.a.gpus: expected 'auto'"),
-        ({"a": {**GOOD, "gpu_memory_utilization": 1.2}}, {}, "gpu_memory_utilization: expected a number above 0 and at most 1"),
+        (
+            {"a": {**GOOD, "gpu_memory_utilization": 1.2}},
+            {},
+            "gpu_memory_utilization: expected a number above 0 and at most 1",
+        ),
         ({"a": {**GOOD, "kv_cache_dtype": "int3"}}, {}, "kv_cache_dtype: 'int3' is not one of"),
-        ({"a": {**GOOD, "api_key": "has space key"}}, {}, "services.a.api_key: keys are 8-256 characters"),
+        (
+            {"a": {**GOOD, "api_key": "has space key"}},
+            {},
+            "services.a.api_key: keys are 8-256 characters",
+        ),
         ({"a": {**GOOD, "api_key": "abc$def\nX=1"}}, {}, "services.a.api_key"),
-        ({"a": {**GOOD, "api_key": "k" * 10, "api_key_env": "K"}}, {}, "set api_key or api_key_env, not both"),
-        ({"a": {**GOOD, "tensor_parallel_size": 2}}, {}, "tensor_parallel_size: 2 but the service has 1 GPU(s)"),
+        (
+            {"a": {**GOOD, "api_key": "k" * 10, "api_key_env": "K"}},
+            {},
+            "set api_key or api_key_env, not both",
+        ),
+        (
+            {"a": {**GOOD, "tensor_parallel_size": 2}},
+            {},
+            "tensor_parallel_size: 2 but the service has 1 GPU(s)",
+        ),
         ({"A b": GOOD}, {}, "services.A b: service names are lower-case"),
         ({"a": {"port": 5001}}, {}, "services.a: missing 'model'"),
-        ({"a": {**GOOD, "environment": {"VLLM_API_KEY": "x"}}}, {}, "keys and tokens do not belong in a profile"),
+        (
+            {"a": {**GOOD, "environment": {"VLLM_API_KEY": "x"}}},
+            {},
+            "keys and tokens do not belong in a profile",
+        ),
         ({"a": {**GOOD, "bind": "everywhere"}}, {}, "services.a.bind: expected an IPv4 address"),
-        ({"a": GOOD}, {"servcies": {}}, "bad.yaml: unknown key 'servcies' (did you mean 'services'?)"),
+        (
+            {"a": GOOD},
+            {"servcies": {}},
+            "bad.yaml: unknown key 'servcies' (did you mean 'services'?)",
+        ),
         ({}, {}, "'services' must map service names"),
     ],
 )
