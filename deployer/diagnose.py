@@ -138,7 +138,8 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], _Explain], ...] = (
         "gpu-unsupported",
         re.compile(
             r"(?:The quantization method (?P<method>\S+) )?is not supported for the current GPU"
-            r"(?:.*?(?:Minimum|Required) capability: (?P<need>\d+))?(?:.*?Current capability: (?P<have>\d+))?"
+            r"(?:.*?(?:Minimum|Required) capability: (?P<need>\d+))?"
+            r"(?:.*?Current capability: (?P<have>\d+))?"
         ),
         _unsupported,
     ),

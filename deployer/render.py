@@ -61,7 +61,7 @@ def interpolation(var: str, required: bool) -> str:
     """`${VAR}` for compose to fill in from .env or the shell; never the value itself."""
     if required:
         # An empty VLLM_API_KEY would serve without authentication: refuse to start instead.
-        return f"${{{var}:?is not set; it belongs in the .env file beside compose.yaml}}"
+        return f"${{{var}:?run qwen-deploy render to write the .env file beside compose.yaml}}"
     return f"${{{var}:-}}"
 
 

@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from deployer.deployment import DeploymentDir
-
 if TYPE_CHECKING:
     import docker
 
     from deployer.catalog import Catalog
+    from deployer.deployment import DeploymentDir
     from deployer.gpus import GpuInventory
     from deployer.planner import DeploymentPlan
     from deployer.profiles import Profile
@@ -36,6 +35,8 @@ class AppContext:
 
     @property
     def deployment_dir(self) -> DeploymentDir:
+        from deployer.deployment import DeploymentDir
+
         return DeploymentDir.named(self.home, self.deployment)
 
 

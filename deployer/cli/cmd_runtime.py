@@ -1,0 +1,553 @@
+"""`up`, `down`, `status`, `logs` and `restart`: the commands that touch containers."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from deployer.cli.common import (
+    AppContext,
+    docker_client,
+    engine_option,
+    gpus_file_option,
+    json_option,
+    make_plan,
+    models_file_option,
+    pass_app,
+    print_json,
+    profile_option,
+    table,
+    use_color,
+)
+
+if TYPE_CHECKING:
+    from deployer.deployment import DeploymentDir
+    from deployer.planner import DeploymentPlan
+    from deployer.runtime import Action, ApplyResult, Progress, ServiceStatus
+
+# Stage and state colours; only ever applied when the stream is a terminal and NO_COLOR is unset.
+_COLOURS = {
+    "healthy": "green",
+    "running": "green",
+    "ok": "green",
+    "failed": "red",
+    "exited": "red",
+    "dead": "red",
+    "unhealthy": "red",
+    "missing": "red",
+    "FAIL": "red",
+    "restarting": "yellow",
+    "starting": "yellow",
+    "loading model": "yellow",
+    "created": "yellow",
+    "paused": "yellow",
+}
+_ACTION_WORDS = {"noop": "keep"}
+_DONE_WORDS = {
+    "create": "created",
+    "recreate": "recreated",
+    "start": "started",
+    "restart": "restarted",
+    "noop": "unchanged",
+    "remove": "removed",
+}
+
+
+def _paint(text: str, colour: bool, key: str | None = None) -> str:
+    fg = _COLOURS.get(key or text)
+    return click.style(text, fg=fg) if colour and fg else text
+
+
+def _stderr_colour() -> bool:
+    return sys.stderr.isatty() and "NO_COLOR" not in os.environ
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def wait_option(func: Any) -> Any:
+    return click.option(
+        "--wait",
+        "wait_s",
+        type=click.FloatRange(min=0),
+        default=0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Wait this long for another qwen-deploy command on the deployment to finish.",
+    )(func)
+
+
+def timeout_option(func: Any) -> Any:
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=1),
+        default=None,
+        metavar="SECONDS",
+        help="Seconds each service may take to answer /v1/models once started "
+        "[default: the profile's startup_timeout_s].",
+    )(func)
+
+
+def runtime_env(keys: Mapping[str, str]) -> dict[str, str]:
+    """What containers get besides their spec: the .env keys and HF_TOKEN from the environment."""
+    env = dict(keys)
+    if os.environ.get("HF_TOKEN"):
+        env["HF_TOKEN"] = os.environ["HF_TOKEN"]
+    return env
+
+
+class ProgressPrinter:
+    """Renders runtime progress on stderr: a live block on a terminal, one line per change
+    (and a heartbeat every 30 s) otherwise."""
+
+    HEARTBEAT_S = 30.0
+
+    def __init__(self, services: Sequence[str], stream: IO[str] | None = None) -> None:
+        from deployer.runtime import ProgressBoard
+
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.colour = self.live and "NO_COLOR" not in os.environ
+        self.order = list(services)
+        self.width = max((len(s) for s in services), default=8)
+        self.board = ProgressBoard()
+        self.drawn = 0
+        self.last_line: dict[str, float] = {}
+
+    def __call__(self, event: Progress) -> None:
+        changed = self.board.update(event)
+        if self.live:
+            self._draw()
+            return
+        now = time.monotonic()
+        if changed or now - self.last_line.get(event.service, 0) >= self.HEARTBEAT_S:
+            self.last_line[event.service] = now
+            self.stream.write(self._line(event) + "\n")
+            self.stream.flush()
+
+    def _line(self, event: Progress) -> str:
+        stage = _paint(event.stage.ljust(13), self.colour, event.stage)
+        detail = f"  {event.detail}" if event.detail else ""
+        return (
+            f"  {event.service.ljust(self.width)}  {stage} {_duration(event.elapsed_s):>6}{detail}"
+        )
+
+    def _draw(self) -> None:
+        lines = [self._line(self.board.stages[s]) for s in self.order if s in self.board.stages]
+        if self.drawn:
+            self.stream.write(f"\x1b[{self.drawn}F")
+        for line in lines:
+            self.stream.write("\x1b[2K" + line[:200] + "\n")
+        self.drawn = len(lines)
+        self.stream.flush()
+
+
+def _interrupted(board: Any) -> None:
+    started = board.started()
+    if started:
+        click.echo(
+            f"interrupted: started containers keep running ({', '.join(started)}); "
+            "`qwen-deploy status` shows them, `qwen-deploy up` carries on, "
+            "`qwen-deploy down` stops them",
+            err=True,
+        )
+
+
+def _echo_failures(result: ApplyResult) -> None:
+    colour = _stderr_colour()
+    for outcome in result.failed:
+        click.echo(f"\n{_paint('failed', colour)}: {outcome.service}: {outcome.message}", err=True)
+        if outcome.log_excerpt:
+            click.echo(f"  last log lines of {outcome.service}:", err=True)
+            for line in outcome.log_excerpt:
+                click.echo(f"    | {line}", err=True)
+        for finding in outcome.findings:
+            click.echo(f"  advice: {finding.advice}", err=True)
+        if outcome.log_excerpt:
+            click.echo(
+                f"  the container is stopped and kept: `qwen-deploy logs {outcome.service}`",
+                err=True,
+            )
+
+
+def _result_table(result: ApplyResult, plan: DeploymentPlan) -> str:
+    from deployer.endpoints import base_url_for
+
+    colour = use_color()
+    actions = {a.service: a for a in result.actions}
+    rows = []
+    for outcome in result.outcomes:
+        action = actions[outcome.service]
+        took = (
+            _duration(outcome.ready_s - outcome.started_s)
+            if outcome.ready_s is not None and outcome.started_s is not None
+            else "-"
+        )
+        state = "ready" if outcome.ok else "failed"
+        rows.append(
+            [
+                outcome.service,
+                _ACTION_WORDS.get(action.kind, action.kind),
+                _paint(state, colour, "healthy" if outcome.ok else "failed"),
+                took,
+                base_url_for(plan.service(outcome.service)) + "/v1",
+            ]
+        )
+    rows += [[a.service, "removed", "-", "-", "-"] for a in result.actions if a.kind == "remove"]
+    return table(["SERVICE", "ACTION", "RESULT", "TOOK", "URL"], rows)
+
+
+def _summary(result: ApplyResult) -> str:
+    counts: dict[str, int] = {}
+    for action in result.actions:
+        word = _DONE_WORDS.get(action.kind, action.kind)
+        counts[word] = counts.get(word, 0) + 1
+    what = ", ".join(f"{n} {word}" for word, n in counts.items())
+    ready = sum(1 for o in result.outcomes if o.ok)
+    return f"{ready}/{len(result.outcomes)} services ready in {result.elapsed_s:.1f} s ({what})"
+
+
+def _dry_run_table(actions: Sequence[Action]) -> str:
+    rows = [[_ACTION_WORDS.get(a.kind, a.kind), a.service, a.reason] for a in actions]
+    return table(["ACTION", "SERVICE", "WHY"], rows)
+
+
+@click.command()
+@profile_option
+@gpus_file_option
+@engine_option
+@models_file_option
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be created, recreated, kept and removed."
+)
+@timeout_option
+@wait_option
+@click.option("--no-verify", is_flag=True, help="Skip the smoke requests once services are up.")
+@pass_app
+def up(
+    app: AppContext,
+    profile_name: str,
+    gpus_file: Path | None,
+    engine: str,
+    models_files: tuple[Path, ...],
+    dry_run: bool,
+    timeout_s: float | None,
+    wait_s: float,
+    no_verify: bool,
+) -> None:
+    """Render the deployment and start it, touching only what changed; then verify it.
+
+    Services on separate GPUs start in parallel; services sharing a GPU start one after
+    another, each once the previous one answers /v1/models. Running `up` again with the same
+    plan changes nothing. Ctrl-C stops waiting; started containers keep running.
+
+    Example: qwen-deploy up --profile tri-tier
+    """
+    from deployer import runtime
+    from deployer.deployment import resolve_api_keys
+    from deployer.render import render_files
+    from deployer.spec import container_specs
+
+    planned = make_plan(app, profile_name, gpus_file, engine, models_files)
+    plan = planned.plan
+    directory = app.deployment_dir
+    for warning in plan.warnings:
+        click.echo(f"note: {warning}", err=True)
+    if dry_run:
+        keys = resolve_api_keys(plan, planned.profile, directory.read_env(), os.environ)
+        specs = container_specs(plan, str(directory.path))
+        actions = runtime.plan_actions(docker_client(), plan, specs, runtime_env(keys))
+        click.echo(_dry_run_table(actions))
+        click.echo("dry run: nothing was changed")
+        return
+    client = docker_client()
+    with directory.lock(wait_s):
+        keys = resolve_api_keys(plan, planned.profile, directory.read_env(), os.environ)
+        directory.write_files(render_files(plan, str(directory.path), keys))
+        specs = container_specs(plan, str(directory.path))
+        printer = ProgressPrinter([s.name for s in plan.services])
+        try:
+            result = runtime.apply(client, plan, specs, runtime_env(keys), printer, timeout_s)
+        except KeyboardInterrupt:
+            _interrupted(printer.board)
+            raise
+        click.echo(_result_table(result, plan))
+        click.echo(_summary(result))
+        if not result.ok:
+            _echo_failures(result)
+            raise runtime.failure_error(result)
+        if not no_verify:
+            _verify(directory, plan, keys)
+
+
+def _verify(directory: DeploymentDir, plan: DeploymentPlan, keys: Mapping[str, str]) -> None:
+    from deployer.cli.cmd_verify import render_report_table, run_verification
+    from deployer.verify import failure_error
+
+    report = run_verification(directory, plan, keys)
+    click.echo("")
+    click.echo(render_report_table(report, color=use_color()))
+    if not report.ok:
+        raise failure_error(report)
+
+
+@click.command()
+@wait_option
+@pass_app
+def down(app: AppContext, wait_s: float) -> None:
+    """Stop and remove the deployment's containers and network.
+
+    The model cache volume and the deployment directory (compose.yaml, .env, plan.json)
+    stay, so `up` starts it again without downloading anything.
+
+    Example: qwen-deploy down
+    """
+    from deployer import runtime
+    from deployer.spec import HF_CACHE_VOLUME
+
+    directory = app.deployment_dir
+    plan = directory.load_plan() if directory.exists() else None
+    client = docker_client()
+    if directory.path.is_dir():
+        with directory.lock(wait_s):
+            result = runtime.down(client, app.deployment, plan)
+    else:
+        result = runtime.down(client, app.deployment, plan)
+    if not result.removed and not result.networks:
+        click.echo(f"{app.deployment}: nothing to remove")
+        return
+    for name in result.removed:
+        click.echo(f"removed container {name}")
+    for name in result.networks:
+        click.echo(f"removed network {name}")
+    kept = f"kept volume {HF_CACHE_VOLUME}"
+    if directory.path.is_dir():
+        kept += f" and {directory.path}"
+    click.echo(kept)
+
+
+def _verify_cell(entry: Mapping[str, Any] | None, colour: bool, now: datetime) -> str:
+    if not entry:
+        return "-"
+    from deployer.runtime import parse_docker_time
+
+    when = parse_docker_time(str(entry.get("at", "")))
+    ago = f" {_duration((now - when).total_seconds())} ago" if when else ""
+    if entry.get("ok"):
+        return _paint("ok", colour) + ago
+    failed = ",".join(str(c) for c in entry.get("failed") or []) or "?"
+    return _paint("FAIL", colour) + f" {failed}{ago}"
+
+
+def status_table(rows: Sequence[ServiceStatus], colour: bool, now: datetime) -> str:
+    out = []
+    for row in rows:
+        health = row.health if row.health not in ("none",) else "-"
+        state = row.state
+        if row.state == "exited" and row.exit_code is not None:
+            state = f"exited ({row.exit_code})"
+        if row.up_to_date is False:
+            state += " *"
+        out.append(
+            [
+                row.service + ("" if row.in_plan else " (not in plan)"),
+                row.model,
+                row.gpus,
+                str(row.port or "-"),
+                _paint(state, colour, row.state),
+                _paint(health, colour),
+                _duration(row.uptime_s),
+                str(row.restart_count),
+                _verify_cell(row.verify, colour, now),
+            ]
+        )
+    headers = ["SERVICE", "MODEL", "GPUS", "PORT", "STATE", "HEALTH", "UPTIME", "RESTARTS"]
+    return table([*headers, "VERIFIED"], out)
+
+
+def _status_once(app: AppContext, as_json: bool) -> None:
+    from deployer import runtime
+    from deployer.spec import container_specs
+
+    directory = app.deployment_dir
+    plan = directory.load_plan() if directory.exists() else None
+    specs = container_specs(plan, str(directory.path)) if plan else ()
+    verify = directory.load_state().get("verify", {})
+    now = datetime.now(timezone.utc)
+    rows = runtime.service_statuses(
+        docker_client(),
+        app.deployment,
+        plan,
+        specs=specs,
+        env=runtime_env(directory.read_env()) if plan else None,
+        verify=verify if isinstance(verify, dict) else {},
+        now=now,
+    )
+    summary = runtime.status_summary(app.deployment, rows)
+    if as_json:
+        print_json(
+            "status",
+            {
+                "deployment": app.deployment,
+                "at": now.isoformat(timespec="seconds"),
+                "services": [r.to_dict() for r in rows],
+                "summary": summary,
+            },
+        )
+        return
+    if not rows:
+        click.echo(f"{app.deployment}: no plan and no containers (run `qwen-deploy up`)")
+        return
+    click.echo(status_table(rows, use_color(), now))
+    if any(r.up_to_date is False for r in rows):
+        click.echo("* the container runs an older configuration than plan.json")
+    click.echo(summary)
+
+
+@click.command()
+@json_option
+@click.option(
+    "--watch",
+    "watch_s",
+    type=click.FloatRange(min=0.5),
+    default=None,
+    metavar="SECONDS",
+    help="Refresh every SECONDS until Ctrl-C.",
+)
+@pass_app
+def status(app: AppContext, as_json: bool, watch_s: float | None) -> None:
+    """Show each service's container: state, health, uptime, restarts, last verification.
+
+    Read from the engine's labels, so it is right after a reboot or when containers died;
+    planned services without a container show as missing.
+
+    Example: qwen-deploy status --watch 2
+    """
+    if watch_s is None:
+        _status_once(app, as_json)
+        return
+    try:
+        while True:
+            if sys.stdout.isatty() and not as_json:
+                click.clear()
+            _status_once(app, as_json)
+            time.sleep(watch_s)
+    except KeyboardInterrupt:
+        return
+
+
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime | int:
+    """`10m`, `2h`, `30s`, `1d`, a Unix time or an ISO 8601 date/time."""
+    now = now or datetime.now(timezone.utc)
+    match = _RELATIVE.match(text.strip())
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return now - timedelta(**{unit: float(match.group(1))})
+    if text.strip().isdigit():
+        return int(text)
+    try:
+        stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: use 10m, 2h, 30s, 1d, a Unix time or an ISO date/time", param_hint="--since"
+        ) from None
+    return stamp if stamp.tzinfo else stamp.astimezone()
+
+
+@click.command()
+@click.argument("services", nargs=-1)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option(
+    "--tail",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Only the last N lines of each container [default: all].",
+)
+@click.option("--since", default=None, help="Only lines since 10m, 2h, 30s, 1d or a date/time.")
+@pass_app
+def logs(
+    app: AppContext, services: tuple[str, ...], follow: bool, tail: int | None, since: str | None
+) -> None:
+    """Print the logs of one service (name or alias), or of all, each line prefixed with its
+    service.
+
+    Example: qwen-deploy logs mini --tail 50 -f
+    """
+    from deployer import runtime
+
+    directory = app.deployment_dir
+    names = list(services)
+    if directory.exists():
+        plan = directory.load_plan()
+        names = list(dict.fromkeys(plan.service(n).name for n in services))
+    since_value = parse_since(since) if since else None
+    client = docker_client()
+    try:
+        for line in runtime.logs(
+            client, app.deployment, names, follow=follow, tail=tail, since=since_value
+        ):
+            click.echo(line)
+    except KeyboardInterrupt:
+        return
+
+
+@click.command()
+@click.argument("services", nargs=-1)
+@timeout_option
+@wait_option
+@pass_app
+def restart(
+    app: AppContext, services: tuple[str, ...], timeout_s: float | None, wait_s: float
+) -> None:
+    """Restart services (names or aliases; all when none is given) in start order, and wait
+    until each answers /v1/models again.
+
+    Example: qwen-deploy restart mini
+    """
+    from deployer import runtime
+    from deployer.spec import container_specs
+
+    directory = app.deployment_dir
+    plan = directory.load_plan()
+    chosen = [plan.service(n).name for n in services]
+    client = docker_client()
+    with directory.lock(wait_s):
+        env = runtime_env(directory.read_env())
+        specs = container_specs(plan, str(directory.path))
+        printer = ProgressPrinter(chosen or [s.name for s in plan.services])
+        try:
+            result = runtime.restart(client, plan, specs, env, chosen, printer, timeout_s)
+        except KeyboardInterrupt:
+            _interrupted(printer.board)
+            raise
+    click.echo(_result_table(result, plan))
+    click.echo(_summary(result))
+    if not result.ok:
+        _echo_failures(result)
+        raise runtime.failure_error(result)
+
+
+COMMANDS = [up, down, status, logs, restart]
