@@ -459,10 +459,13 @@ def _ns(seconds: float) -> int:
 
 
 def create_kwargs(
-    client: docker.DockerClient, spec: ContainerSpec, env: Mapping[str, str]
+    client: docker.DockerClient,
+    spec: ContainerSpec,
+    env: Mapping[str, str],
+    restart_policy: str | None = None,
 ) -> dict[str, Any]:
     """The `containers.create` arguments for a spec; secrets from `env` (the .env keys and
-    HF_TOKEN), empty ones left out."""
+    HF_TOKEN), empty ones left out; `restart_policy` overrides the spec's."""
     environment = dict(spec.environment)
     for container_var, source in spec.secret_env:
         if env.get(source):
@@ -480,7 +483,7 @@ def create_kwargs(
         ],
         "ipc_mode": spec.ipc_mode,
         "volumes": {volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes},
-        "restart_policy": {"Name": spec.restart_policy},
+        "restart_policy": {"Name": restart_policy or spec.restart_policy},
         "healthcheck": {
             "test": list(check.test),
             "interval": _ns(check.interval_s),
@@ -508,6 +511,13 @@ def ensure_network(client: docker.DockerClient, name: str, project: str) -> None
         )
 
 
+def _set_restart_policy(container: Any, name: str) -> None:
+    policy = (container.attrs.get("HostConfig") or {}).get("RestartPolicy") or {}
+    if policy.get("Name") != name:
+        container.update(restart_policy={"Name": name})
+        container.reload()
+
+
 def _stop(container: Any, keep: bool = True) -> None:
     """Stop a container and keep it from coming back on its own (restart policy `no`); its
     logs stay for `qwen-deploy logs`. `up` or `restart` restores the policy."""
@@ -519,9 +529,10 @@ def _stop(container: Any, keep: bool = True) -> None:
             container.update(restart_policy={"Name": "no"})
 
 
-def _log_lines(container: Any, tail: int = LOG_TAIL_ON_FAILURE) -> list[str]:
+def _log_lines(container: Any, since: float, tail: int = LOG_TAIL_ON_FAILURE) -> list[str]:
+    """The container's last lines since `since` (Unix time): this attempt's, not older runs'."""
     with contextlib.suppress(docker.errors.APIError):
-        raw = container.logs(tail=tail)
+        raw = container.logs(tail=tail, since=datetime.fromtimestamp(since, timezone.utc))
         text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         return text.splitlines()
     return []
@@ -613,6 +624,8 @@ class _Run:
 
     def _act(self, service: ServicePlan, action: Action) -> ServiceOutcome:
         began = time.monotonic()
+        # Logs of this attempt only (second precision); all of a container left running.
+        wall = time.time() - 1 if action.kind != "noop" else 0.0
         started_s = began - self.t0
         spec = self.specs[service.name]
         container = None
@@ -620,22 +633,22 @@ class _Run:
             with docker_errors(""):
                 if action.kind != "noop":
                     self._check_memory(service, began)
+                # Restart policy `no` until the service is ready: a failing start exits once,
+                # with its exit code and one run of logs, instead of crash-looping.
                 if action.kind in ("create", "recreate"):
                     self.report(service.name, CREATING, began)
-                    container = self.client.containers.create(
-                        **create_kwargs(self.client, spec, self.env)
-                    )
+                    kwargs = create_kwargs(self.client, spec, self.env, restart_policy="no")
+                    container = self.client.containers.create(**kwargs)
                 else:
                     container = self.client.containers.get(action.container or spec.container_name)
                 if action.kind != "noop":
                     self.report(service.name, STARTING, began)
-                    policy = (container.attrs.get("HostConfig") or {}).get("RestartPolicy") or {}
-                    if policy.get("Name") != spec.restart_policy:
-                        container.update(restart_policy={"Name": spec.restart_policy})
+                    _set_restart_policy(container, "no")
                     container.start()
-                self._wait_ready(service, container, began, action.kind == "noop")
+                self._wait_ready(service, container, began)
+                _set_restart_policy(container, spec.restart_policy)
         except DeployError as exc:
-            return self._failed(service, action, container, exc, started_s)
+            return self._failed(service, action, container, exc, started_s, wall)
         self.report(service.name, HEALTHY, began, "unchanged" if action.kind == "noop" else "")
         return ServiceOutcome(
             service.name,
@@ -659,7 +672,7 @@ class _Run:
                 hint="stop what uses the GPU, or plan again with the memory that is free now",
             )
 
-    def _wait_ready(self, service: ServicePlan, container: Any, began: float, noop: bool) -> None:
+    def _wait_ready(self, service: ServicePlan, container: Any, began: float) -> None:
         timeout = self.timeout_override or service.startup_timeout_s
         key = self.env.get(service.api_key_env, "")
         container.reload()
@@ -673,7 +686,7 @@ class _Run:
             if status in ("exited", "dead"):
                 raise DeployFailed(f"the container exited with code {code}")
             if status == "restarting" or int(container.attrs.get("RestartCount") or 0) > restarts:
-                raise DeployFailed("the container crashed (Docker was restarting it)")
+                raise DeployFailed("the container crashed and Docker restarted it")
             ready, detail = readiness(self.session, service, key)
             if ready:
                 return
@@ -693,11 +706,12 @@ class _Run:
         container: Any,
         exc: DeployError,
         started_s: float,
+        since: float,
     ) -> ServiceOutcome:
         lines: list[str] = []
         if container is not None:
             with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
-                lines = _log_lines(container)
+                lines = _log_lines(container, since)
                 _stop(container)  # a failed service must not crash-loop next to healthy ones
         findings = tuple(diagnose.diagnose(lines))
         excerpt = tuple(diagnose.excerpt(lines, EXCERPT_LINES))
@@ -912,9 +926,26 @@ def down(
             service = (container.labels or {}).get(LABEL_SERVICE, "")
             return -order.index(service) if service in order else 1
 
+        containers.sort(key=rank)
+        # Stopped together: each may take a while to exit, and order does not matter here.
+        errors: list[BaseException] = []
+
+        def stop(container: Any) -> None:
+            try:
+                _stop(container, keep=False)
+            except BaseException as exc:  # raised again below, in this thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=stop, args=(c,), daemon=True) for c in containers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
         removed = []
-        for container in sorted(containers, key=rank):
-            _remove(container)
+        for container in containers:
+            container.remove(force=True)
             removed.append(container.name)
         networks = []
         candidates = {

@@ -2,7 +2,7 @@
 
 Every function takes a base URL and a `requests.Session` (only the CLI builds one). Transient
 failures (connection refused while the engine loads, 502/503/504) are retried with exponential
-backoff and jitter until a deadline; any other answer is final. Each check becomes a
+backoff and jitter until the service's deadline; any other answer is final. Each check becomes a
 `CheckResult`; nothing here raises for a failing deployment.
 """
 
@@ -117,7 +117,7 @@ class ServiceVerification:
 class VerificationReport:
     deployment: str
     started_at: str  # ISO 8601, UTC
-    deadline_s: float
+    deadline_s: float  # per service
     elapsed_ms: float
     services: tuple[ServiceVerification, ...]
 
@@ -182,6 +182,7 @@ class _Client:
     deadline_s: float
     retry: RetryPolicy
     attempts: int = 0  # of the latest send()
+    reached: bool = False  # the server has answered at least once
 
     def remaining(self) -> float:
         return self.deadline - self.retry.clock()
@@ -208,9 +209,16 @@ class _Client:
                 if not attempt:
                     raise _CheckFailed(f"not run: the {self.deadline_s:g} s deadline had passed")
                 waited = self.retry.clock() - start
+                if last.startswith("HTTP"):
+                    why = "still loading, or the engine died?"
+                elif self.reached:
+                    why = "it answered before: crashed or restarting?"
+                else:
+                    why = "still loading, or exited?"
                 raise _CheckFailed(
                     f"{last} for {waited:.1f} s ({attempt} attempts); gave up at the "
-                    f"{self.deadline_s:g} s deadline (still loading? see `qwen-deploy logs`)",
+                    f"{self.deadline_s:g} s deadline ({why} see `qwen-deploy status` and "
+                    "`qwen-deploy logs`)",
                     {"attempts": attempt},
                 )
             attempt += 1
@@ -229,8 +237,13 @@ class _Client:
                     stream=stream,
                 )
             except requests.ReadTimeout:
+                cut = (
+                    f" (cut short by the {self.deadline_s:g} s deadline)"
+                    if timeout[1] < self.retry.read_timeout_s
+                    else ""
+                )
                 raise _CheckFailed(
-                    f"no answer within {timeout[1]:.0f} s", {"attempts": attempt}
+                    f"no answer within {timeout[1]:.1f} s{cut}", {"attempts": attempt}
                 ) from None
             except requests.ConnectionError as exc:  # refused, reset, connect timeout
                 last = _connection_problem(exc)
@@ -238,6 +251,7 @@ class _Client:
                 raise _CheckFailed(f"request failed: {exc}", {"attempts": attempt}) from None
             else:
                 if response.status_code not in TRANSIENT_STATUS:
+                    self.reached = True
                     return response
                 last = f"HTTP {response.status_code}"
                 response.close()
@@ -562,6 +576,10 @@ def _run(client: _Client, service: ServicePlan, check: str, fn: _CheckFn) -> Che
     return CheckResult(service.name, check, ok, detail, elapsed_ms, metrics)
 
 
+def _not_run(service: ServicePlan, check: str, detail: str, ok: bool = False) -> CheckResult:
+    return CheckResult(service.name, check, ok, detail, 0.0, skipped=True)
+
+
 # --- entry points ---------------------------------------------------------------------------
 
 
@@ -580,20 +598,25 @@ def verify_service(
     results: list[CheckResult] = []
     for check, fn in _CHECK_FUNCTIONS:
         if results and not results[0].ok:
+            results.append(_not_run(service, check, "not run: /health did not answer 200"))
+        elif check not in ("health", "auth") and not api_key:
             results.append(
-                CheckResult(
-                    service.name, check, False, "not run: /health did not answer 200", 0.0,
-                    skipped=True,
+                _not_run(
+                    service,
+                    check,
+                    f"not run: no API key for {service.name} in the deployment's .env "
+                    f"({service.api_key_env})",
                 )
-            )  # fmt: skip
+            )
         elif check == "thinking" and not service.reasoning_parser:
             results.append(
-                CheckResult(
-                    service.name, check, True,
-                    "not applicable: no reasoning parser planned (non-thinking model)", 0.0,
-                    skipped=True,
+                _not_run(
+                    service,
+                    check,
+                    "not applicable: no reasoning parser planned (non-thinking model)",
+                    ok=True,
                 )
-            )  # fmt: skip
+            )
         else:
             results.append(_run(client, service, check, fn))
     return ServiceVerification(service.name, base_url, service.served_model_name, tuple(results))
@@ -608,25 +631,24 @@ def verify_plan(
     deadline_s: float = DEFAULT_DEADLINE_S,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> VerificationReport:
-    """Verify the named services (aliases allowed; all when None), one after another, within
-    one total deadline. keys is the deployment's .env mapping (keyed by api_key_env)."""
+    """Verify the named services (aliases allowed; all when None), one after another, each
+    within its own deadline (so one service that never loads does not starve the others, and
+    timings are not skewed by concurrent checks). keys is the deployment's .env mapping."""
     chosen = [plan.service(n) for n in services] if services else list(plan.services)
     chosen = list({s.name: s for s in chosen}.values())
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = retry.clock()
-    results = []
-    for service in chosen:
-        remaining = max(0.0, deadline_s - (retry.clock() - start))
-        results.append(
-            verify_service(
-                session,
-                base_url_for(service, host),
-                service,
-                keys.get(service.api_key_env, ""),
-                deadline_s=remaining,
-                retry=retry,
-            )
+    results = [
+        verify_service(
+            session,
+            base_url_for(service, host),
+            service,
+            keys.get(service.api_key_env, ""),
+            deadline_s=deadline_s,
+            retry=retry,
         )
+        for service in chosen
+    ]
     return VerificationReport(
         deployment=plan.deployment,
         started_at=started_at,

@@ -69,7 +69,13 @@ fi
 
 before="$(docker image inspect --format '{{.Id}}' "$STANDIN_IMAGE" 2>/dev/null || true)"
 say "building $STANDIN_IMAGE from deployer/standin"
-docker build -q --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$STANDIN_IMAGE" "$ROOT/deployer/standin" >/dev/null
+# The classic builder works with an imported base image and no registry; it warns that it is
+# deprecated, so its output is shown only when the build fails.
+if ! out="$(DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        -t "$STANDIN_IMAGE" "$ROOT/deployer/standin" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    die "docker build of $STANDIN_IMAGE failed"
+fi
 after="$(docker image inspect --format '{{.Id}}' "$STANDIN_IMAGE")"
 if [ "$before" = "$after" ]; then
     say "$STANDIN_IMAGE unchanged (${after#sha256:})"

@@ -83,7 +83,7 @@ def render_report_table(report: VerificationReport, color: bool = False) -> str:
     type=click.FloatRange(min=1),
     default=DEFAULT_DEADLINE_S,
     show_default=True,
-    help="Total seconds for all retries (a service still loading is retried until then).",
+    help="Seconds each service gets, retries included (one still loading is retried until then).",
 )
 @click.option(
     "--host",

@@ -141,7 +141,7 @@ def write_random_model(directory: Path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=32,  # the smallest head size the CPU attention kernels take
         vocab_size=vocab,
         max_position_embeddings=4096,
         tie_word_embeddings=True,

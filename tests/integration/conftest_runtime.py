@@ -1,0 +1,144 @@
+"""Fixtures for the runtime's integration tests (imported by test_runtime.py): a real Docker
+engine, the stand-in image, a tri-tier profile under tmp_path with small load times, a unique
+deployment name per test and a finalizer that removes what the test created."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from deployer.vllm_pin import STANDIN_IMAGE
+from tests.conftest import GPU_FILES
+
+BOX_FILE = GPU_FILES / "3x-rtx4090.json"
+LOAD_SECONDS = "1"
+KEYS = {"medium": "test-key-medium", "mini": "test-key-mini", "micro": "test-key-micro"}
+
+
+@pytest.fixture(scope="session")
+def engine() -> Any:
+    """The Docker engine, or a skip when there is none or the stand-in image is not built."""
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # any failure to connect means: no engine here
+        pytest.skip(f"no Docker engine ({exc}); run scripts/docker-up.sh")
+    try:
+        client.images.get(STANDIN_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"{STANDIN_IMAGE} is not built; run `make images`")
+    return client
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on right now (the OS picks them)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def tri_tier_profile(ports: dict[str, int], **services: dict[str, Any]) -> dict[str, Any]:
+    """The tri-tier layout (medium TP 2 on GPUs 0-1; mini then micro on GPU 2) with the test's
+    ports and keys; `services` overrides keys per service."""
+    base: dict[str, dict[str, Any]] = {
+        "medium": {"model": "Qwen/Qwen3-32B-AWQ", "gpus": [0, 1], "context": 32768},
+        "mini": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [2], "context": 32768, "share": 2},
+        "micro": {"model": "Qwen/Qwen3-1.7B-FP8", "gpus": [2], "context": 16384},
+    }
+    out = {}
+    for name, spec in base.items():
+        out[name] = {
+            **spec,
+            "port": ports[name],
+            "api_key": KEYS[name],
+            "aliases": [name.upper()],
+            **services.get(name, {}),
+        }
+    return {
+        "name": "tri-tier-test",
+        "defaults": {
+            "environment": {"STANDIN_LOAD_SECONDS": LOAD_SECONDS},
+            "startup_timeout_s": 60,
+        },
+        "services": out,
+    }
+
+
+@dataclass
+class Deployment:
+    """One test's deployment: its name, home, profile file and ports, and a CLI runner."""
+
+    name: str
+    home: Path
+    engine: Any
+    ports: dict[str, int]
+    profile: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.profile = self.home / "profile.yaml"
+        self.write_profile()
+
+    def write_profile(self, **services: dict[str, Any]) -> None:
+        data = tri_tier_profile(self.ports, **services)
+        self.profile.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        from deployer.cli.main import cli
+
+        return CliRunner().invoke(
+            cli,
+            ["--home", str(self.home), "--deployment", self.name, *args],
+            env={"NO_COLOR": "1", "HF_TOKEN": "", **(env or {})},
+            catch_exceptions=False,
+        )
+
+    def up(self, *args: str) -> Result:
+        return self.cli(
+            "up",
+            "--profile",
+            str(self.profile),
+            "--gpus-file",
+            str(BOX_FILE),
+            "--engine",
+            "stand-in",
+            *args,
+        )
+
+    def containers(self) -> dict[str, Any]:
+        """Service name -> container, from the engine's labels."""
+        found = self.engine.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={self.name}"}
+        )
+        return {c.labels["com.docker.compose.service"]: c for c in found}
+
+    def ids(self) -> dict[str, str]:
+        return {name: c.id for name, c in self.containers().items()}
+
+
+@pytest.fixture
+def deployment(engine: Any, tmp_path: Path) -> Iterator[Deployment]:
+    """A fresh deployment name; its containers and network are removed afterwards."""
+    from deployer import runtime
+
+    name = f"rt-{uuid.uuid4().hex[:8]}"
+    ports = dict(zip(("medium", "mini", "micro"), free_ports(3), strict=True))
+    yield Deployment(name, tmp_path / "home", engine, ports)
+    with contextlib.suppress(Exception):
+        runtime.down(engine, name)

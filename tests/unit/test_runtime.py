@@ -1,0 +1,217 @@
+"""The pure parts of deployer.runtime: convergence decisions, the memory re-check, status rows."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from deployer.catalog import Catalog
+from deployer.gpus import Gpu, GpuInventory, GpuProcess
+from deployer.planner import DeploymentPlan, PlanOptions, plan
+from deployer.profiles import load_profile
+from deployer.runtime import (
+    Observed,
+    converge_actions,
+    memory_shortfall,
+    parse_docker_time,
+    status_summary,
+)
+from deployer.spec import LABEL_CONFIG_HASH, ContainerSpec, container_specs
+from tests.conftest import inventory
+
+DIR = "/srv/qwen-deploy/t"
+
+
+@pytest.fixture
+def tri_tier(catalog: Catalog) -> DeploymentPlan:
+    box = inventory("3x-rtx4090")
+    return plan(box, load_profile("tri-tier"), catalog, PlanOptions(deployment="t"))
+
+
+def keys(p: DeploymentPlan) -> dict[str, str]:
+    return {s.api_key_env: f"key-of-{s.name}" for s in p.services}
+
+
+def running(spec: ContainerSpec, env: dict[str, str], **state: Any) -> Observed:
+    """What the engine would report for a container created from `spec`."""
+    labels = {**dict(spec.labels), LABEL_CONFIG_HASH: spec.config_hash(env)}
+    attrs = {
+        "Id": f"id-{spec.service}",
+        "Name": f"/{spec.container_name}",
+        "Config": {"Labels": labels, "Image": spec.image},
+        "State": {"Status": "running", "ExitCode": 0, "StartedAt": "2030-01-01T00:00:00Z"} | state,
+        "HostConfig": {"RestartPolicy": {"Name": "always"}},
+        "RestartCount": 0,
+    }
+    return Observed.from_attrs(attrs)
+
+
+def kinds(actions: Any) -> dict[str, str]:
+    return {a.service: a.kind for a in actions}
+
+
+def test_nothing_there_creates_everything(tri_tier: DeploymentPlan) -> None:
+    specs = container_specs(tri_tier, DIR)
+    actions = converge_actions(tri_tier, specs, keys(tri_tier), [])
+    assert [(a.service, a.kind) for a in actions] == [
+        ("medium", "create"),
+        ("mini", "create"),
+        ("micro", "create"),
+    ]
+
+
+def test_same_plan_twice_is_all_noop(tri_tier: DeploymentPlan) -> None:
+    env = keys(tri_tier)
+    specs = container_specs(tri_tier, DIR)
+    observed = [running(s, env) for s in specs]
+    assert kinds(converge_actions(tri_tier, specs, env, observed)) == {
+        "medium": "noop",
+        "mini": "noop",
+        "micro": "noop",
+    }
+
+
+def test_deployment_dir_is_not_part_of_the_hash(tri_tier: DeploymentPlan) -> None:
+    env = keys(tri_tier)
+    observed = [running(s, env) for s in container_specs(tri_tier, "/elsewhere")]
+    specs = container_specs(tri_tier, DIR)
+    assert set(kinds(converge_actions(tri_tier, specs, env, observed)).values()) == {"noop"}
+
+
+def test_changed_context_recreates_only_that_service(tri_tier: DeploymentPlan) -> None:
+    env = keys(tri_tier)
+    before = container_specs(tri_tier, DIR)
+    observed = [running(s, env) for s in before]
+    changed = dataclasses.replace(
+        tri_tier,
+        services=tuple(
+            dataclasses.replace(s, max_model_len=8192) if s.name == "micro" else s
+            for s in tri_tier.services
+        ),
+    )
+    actions = converge_actions(changed, container_specs(changed, DIR), env, observed)
+    assert kinds(actions) == {"medium": "noop", "mini": "noop", "micro": "recreate"}
+    micro = next(a for a in actions if a.service == "micro")
+    assert micro.reason == "max-model-len 16384 -> 8192"
+    assert micro.container == "t-micro-1"
+
+
+def test_memory_change_restarts_the_gpu_neighbours_that_start_after(
+    tri_tier: DeploymentPlan,
+) -> None:
+    env = keys(tri_tier)
+    observed = [running(s, env) for s in container_specs(tri_tier, DIR)]
+    changed = dataclasses.replace(
+        tri_tier,
+        services=tuple(
+            dataclasses.replace(s, gpu_memory_utilization=0.6) if s.name == "mini" else s
+            for s in tri_tier.services
+        ),
+    )
+    actions = converge_actions(changed, container_specs(changed, DIR), env, observed)
+    assert kinds(actions) == {"medium": "noop", "mini": "recreate", "micro": "restart"}
+    micro = next(a for a in actions if a.service == "micro")
+    assert "mini" in micro.reason
+
+
+def test_a_new_key_recreates_that_service(tri_tier: DeploymentPlan) -> None:
+    env = keys(tri_tier)
+    observed = [running(s, env) for s in container_specs(tri_tier, DIR)]
+    env2 = {**env, tri_tier.service("medium").api_key_env: "another-key-123"}
+    actions = converge_actions(tri_tier, container_specs(tri_tier, DIR), env2, observed)
+    assert kinds(actions) == {"medium": "recreate", "mini": "noop", "micro": "noop"}
+    assert "keys" in actions[0].reason
+
+
+def test_stopped_and_crash_looping_containers(tri_tier: DeploymentPlan) -> None:
+    env = keys(tri_tier)
+    specs = container_specs(tri_tier, DIR)
+    observed = [
+        running(specs[0], env, Status="exited", ExitCode=137),
+        running(specs[1], env, Status="restarting"),
+        running(specs[2], env, Status="dead"),
+    ]
+    actions = converge_actions(tri_tier, specs, env, observed)
+    assert [(a.kind, a.reason) for a in actions] == [
+        ("start", "exited (exit code 137)"),
+        ("restart", "crash-looping"),
+        ("recreate", "container dead"),
+    ]
+
+
+def test_services_no_longer_planned_are_removed(tri_tier: DeploymentPlan) -> None:
+    env = keys(tri_tier)
+    specs = container_specs(tri_tier, DIR)
+    observed = [running(s, env) for s in specs]
+    smaller = dataclasses.replace(tri_tier, services=tri_tier.services[:2])
+    actions = converge_actions(smaller, container_specs(smaller, DIR), env, observed)
+    assert [(a.service, a.kind) for a in actions] == [
+        ("medium", "noop"),
+        ("mini", "noop"),
+        ("micro", "remove"),
+    ]
+
+
+def _gpu(index: int, total_mib: int, used_mib: int, procs: tuple[GpuProcess, ...] = ()) -> Gpu:
+    return Gpu(index, f"GPU-{index}", "NVIDIA GeForce RTX 4090", total_mib, used_mib, "8.9",
+               processes=procs)  # fmt: skip
+
+
+def test_memory_shortfall_names_the_numbers(tri_tier: DeploymentPlan) -> None:
+    mini = tri_tier.service("mini")  # gpu_memory_utilization 0.661 of GPU 2
+    free = GpuInventory("550", "12.4", (_gpu(0, 24564, 0), _gpu(1, 24564, 0), _gpu(2, 24564, 0)))
+    assert memory_shortfall(mini, free) is None
+    busy = GpuInventory(
+        "550",
+        "12.4",
+        (_gpu(2, 24564, 12288, (GpuProcess(4242, "python", 12288),)),),
+    )
+    problem = memory_shortfall(mini, busy)
+    assert problem is not None
+    assert "GPU 2 has 12.0 GiB free of 24.0 GiB" in problem
+    assert "mini asks 15.9 GiB (gpu_memory_utilization 0.661)" in problem
+    assert "python[4242] 12.0 GiB" in problem
+
+
+def test_memory_shortfall_for_a_gpu_nvml_does_not_see(tri_tier: DeploymentPlan) -> None:
+    medium = tri_tier.service("medium")
+    one = GpuInventory("550", "12.4", (_gpu(0, 24564, 0),))
+    assert memory_shortfall(medium, one) == "GPU 1 is not there (NVML sees 0)"
+
+
+def test_docker_times() -> None:
+    assert parse_docker_time("2024-05-01T12:00:00.123456789Z") == datetime(
+        2024, 5, 1, 12, 0, 0, 123456, tzinfo=timezone.utc
+    )
+    assert parse_docker_time("2024-05-01T14:00:00+02:00") == datetime(
+        2024, 5, 1, 12, 0, tzinfo=timezone.utc
+    )
+    assert parse_docker_time("0001-01-01T00:00:00Z") is None
+    assert parse_docker_time(None) is None
+
+
+def test_status_summary() -> None:
+    from deployer.runtime import ServiceStatus
+
+    def row(name: str, state: str, health: str, **kw: Any) -> ServiceStatus:
+        base = dict(
+            service=name, model="m", gpus="0", port=1, state=state, health=health,
+            uptime_s=None, restart_count=0, exit_code=None, container=None, in_plan=True,
+            up_to_date=True, verify=None,
+        )  # fmt: skip
+        return ServiceStatus(**(base | kw))  # type: ignore[arg-type]
+
+    rows = [
+        row("a", "running", "healthy"),
+        row("b", "exited", "unhealthy", exit_code=1),
+        row("c", "missing", "-"),
+        row("d", "running", "starting", up_to_date=False),
+        row("old", "running", "healthy", in_plan=False),
+    ]
+    assert status_summary("t", rows) == (
+        "t: 2/4 running, 1 healthy, 1 exited, 1 missing, changed since started: d "
+        "(run `qwen-deploy up`), not in the plan: old"
+    )

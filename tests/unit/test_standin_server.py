@@ -1,0 +1,443 @@
+"""The stand-in's pure parts: vLLM 0.33.0's argument parsing, the GPU-memory arithmetic and
+ledger, and the thinking/answer split (no Docker)."""
+
+# ruff: noqa: E501  (the tables quote vLLM's messages verbatim)
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deployer.standin import server
+
+SERVER = Path(server.__file__)
+MiB, GiB = server.MiB, server.GiB
+
+
+def parse(*argv: str) -> tuple[int, str]:
+    """Exit status and last stderr line of parsing `vllm serve ARGV` (0 and "" when it parses)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            server.parse_serve_args(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0), err.getvalue().strip().splitlines()[-1]
+    return 0, ""
+
+
+# -- command line ------------------------------------------------------------------------------
+
+# Outcomes recorded from vLLM 0.33.0's own parser (`vllm serve ...` with the wheel's
+# make_arg_parser / FlexibleArgumentParser): exit status 2 and argparse's message.
+VLLM_PARSE_ERRORS = [
+    (["Qwen/Qwen3-8B", "--bogus-flag", "1"], "vllm: error: unrecognized arguments: --bogus-flag 1"),
+    (["Qwen/Qwen3-8B", "--enable-reasoning"], "vllm: error: unrecognized arguments: --enable-reasoning"),
+    (["Qwen/Qwen3-8B", "--rope-scaling", "{}"], "vllm: error: unrecognized arguments: --rope-scaling {}"),
+    (["Qwen/Qwen3-8B", "--swap-space", "4"], "vllm: error: unrecognized arguments: --swap-space 4"),
+    (["Qwen/Qwen3-8B", "extra-positional"], "vllm: error: unrecognized arguments: extra-positional"),
+    (["Qwen/Qwen3-8B", "--model", "Qwen/Qwen3-4B"], "vllm: error: unrecognized arguments: Qwen/Qwen3-8B"),
+    (["Qwen/Qwen3-8B", "--enable-prefix-caching", "true"], "vllm: error: unrecognized arguments: true"),
+    (["Qwen/Qwen3-8B", "--port", "abc"], "vllm serve: error: argument --port: invalid int value: 'abc'"),
+    (["Qwen/Qwen3-8B", "--port"], "vllm serve: error: argument --port: expected one argument"),
+    (["Qwen/Qwen3-8B", "--api-key"], "vllm serve: error: argument --api-key: expected at least one argument"),
+    (["Qwen/Qwen3-8B", "--gpu-memory-utilization", "x"], "vllm serve: error: argument --gpu-memory-utilization/--device-memory-utilization: invalid float value: 'x'"),
+    (["Qwen/Qwen3-8B", "--dtype", "bf16"], "vllm serve: error: argument --dtype: invalid choice: 'bf16' (choose from 'auto', 'bfloat16', 'float', 'float16', 'float32', 'half')"),
+    (["Qwen/Qwen3-8B", "--max-model-len", "abc"], "vllm serve: error: argument --max-model-len: invalid human_readable_int_or_auto value: 'abc'"),
+    (["Qwen/Qwen3-8B", "--max-model-len", "1.5K"], "vllm serve: error: argument --max-model-len: Decimals are not allowed with binary suffixes like K. Did you mean to use 1.5k instead?"),
+    (["Qwen/Qwen3-8B", "--max-num-seqs", "1.5"], "vllm serve: error: argument --max-num-seqs: invalid int value: '1.5'"),
+    (["Qwen/Qwen3-8B", "--tensor-parallel-size", "two"], "vllm serve: error: argument --tensor-parallel-size/-tp: invalid int value: 'two'"),
+    (["Qwen/Qwen3-8B", "--max-log-len", "x"], "vllm serve: error: argument --max-log-len: Value x cannot be converted to <class 'int'>."),
+    (["Qwen/Qwen3-8B", "--uvicorn-log-level", "loud"], "vllm serve: error: argument --uvicorn-log-level: invalid choice: 'loud' (choose from 'critical', 'debug', 'error', 'info', 'trace', 'warning')"),
+    (["Qwen/Qwen3-8B", "--default-chat-template-kwargs", "{bad"], "vllm serve: error: argument --default-chat-template-kwargs: invalid loads value: '{bad'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "message"), VLLM_PARSE_ERRORS)
+def test_rejects_what_vllm_rejects(argv: list[str], message: str) -> None:
+    assert parse(*argv) == (2, message)
+
+
+def test_json_flag_errors_name_the_parser() -> None:
+    code, message = parse("Qwen/Qwen3-8B", "--override-generation-config", "nope")
+    assert code == 2
+    assert message.startswith(
+        "vllm serve: error: argument --override-generation-config: Value nope cannot be "
+        "converted to <function loads at 0x"
+    )
+
+
+def test_accepts_every_flag_the_planner_renders() -> None:
+    args, warnings = server.parse_serve_args(
+        [
+            "Qwen/Qwen3-32B-AWQ",
+            "--served-model-name", "medium", "MEDIUM",
+            "--host", "0.0.0.0",
+            "--port", "8000",
+            "--api-key", "k1", "k2",
+            "--tensor-parallel-size", "2",
+            "--gpu-memory-utilization", "0.87",
+            "--max-model-len", "32768",
+            "--max-num-seqs", "64",
+            "--max-num-batched-tokens", "8k",
+            "--kv-cache-dtype", "fp8",
+            "--quantization", "awq_marlin",
+            "--reasoning-parser", "qwen3",
+            "--generation-config", "auto",
+            "--override-generation-config", '{"temperature": 0.6}',
+            "--hf-overrides", '{"max_position_embeddings": 131072}',
+            "--enforce-eager",
+            "--no-enable-prefix-caching",
+            "--dtype", "auto",
+            "--trust-remote-code",
+            "--download-dir", "/models",
+            "--seed", "0",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser", "hermes",
+            "--default-chat-template-kwargs", '{"enable_thinking": false}',
+            "--kv-cache-memory-bytes", "4G",
+            "--uvicorn-log-level", "warning",
+            "--disable-log-stats",
+        ]
+    )  # fmt: skip
+    assert warnings == []
+    assert args.model == "Qwen/Qwen3-32B-AWQ"
+    assert args.served_model_name == ["medium", "MEDIUM"]
+    assert args.api_key == ["k1", "k2"]
+    assert (args.tensor_parallel_size, args.gpu_memory_utilization) == (2, 0.87)
+    assert (args.max_model_len, args.max_num_batched_tokens) == (32768, 8000)
+    assert args.kv_cache_memory_bytes == 4 * GiB
+    assert args.override_generation_config == {"temperature": 0.6}
+    assert args.hf_overrides == {"max_position_embeddings": 131072}
+    assert args.default_chat_template_kwargs == {"enable_thinking": False}
+    assert args.enable_prefix_caching is False
+    assert args.enforce_eager is True and args.disable_log_stats is True
+
+
+def test_defaults_match_vllm() -> None:
+    args, _ = server.parse_serve_args(["Qwen/Qwen3-8B"])
+    assert args.port == 8000
+    assert args.host is None
+    assert args.gpu_memory_utilization == 0.92
+    assert args.kv_cache_dtype == "auto"
+    assert args.generation_config == "auto"
+    assert args.reasoning_parser == ""
+    assert args.enable_prefix_caching is None  # on by default in V1
+    assert args.max_model_len is None
+
+
+def test_option_table_is_vllm_033s() -> None:
+    serve = server.build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    # make_arg_parser() of vLLM 0.33.0 registers 485 option strings (aliases and -h included)
+    assert len(serve._option_string_actions) == 485
+    for flag in ("--disable-prefix-caching", "--no-enable-prefix-caching", "-tp", "-q", "-asc"):
+        assert flag in serve._option_string_actions
+    for gone in ("--enable-reasoning", "--rope-scaling", "--swap-space", "--kv-cache-memory"):
+        assert gone not in serve._option_string_actions
+
+
+def test_model_positional_flag_and_default() -> None:
+    assert server.parse_serve_args(["Qwen/Qwen3-8B"])[0].model == "Qwen/Qwen3-8B"
+    args, warnings = server.parse_serve_args(["--port", "1", "--model=Qwen/Qwen3-4B"])
+    assert (args.model, args.model_tag, args.port) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B", 1)
+    assert "The `--model` option will be removed in a future version." in warnings[0]
+    assert server.parse_serve_args([])[0].model == "Qwen/Qwen3-0.6B"
+    with pytest.raises(server.StartupError, match="should be provided as the first positional"):
+        server.parse_serve_args(["--served-model-name", "x"])
+
+
+def test_flexible_spelling() -> None:
+    args, _ = server.parse_serve_args(
+        ["m", "--max_model_len", "4096", "--tensor_parallel_size=2", "--gpu-memory-util", "0.5"]
+    )
+    assert (args.max_model_len, args.tensor_parallel_size) == (4096, 2)
+    assert args.gpu_memory_utilization == 0.5  # argparse accepts unambiguous prefixes
+    dotted, _ = server.parse_serve_args(
+        ["m", "--hf-overrides.rope_parameters.factor", "4.0", "--hf-overrides.max_position_embeddings", "131072"]
+    )  # fmt: skip
+    assert dotted.hf_overrides == {
+        "rope_parameters": {"factor": 4.0},
+        "max_position_embeddings": 131072,
+    }
+    assert server.parse_serve_args(["m", "-O3"])[0].optimization_level == "3"
+
+
+def test_human_readable_ints() -> None:
+    assert server.human_readable_int("1k") == 1000
+    assert server.human_readable_int("1K") == 1024
+    assert server.human_readable_int("25.6k") == 25600
+    assert server.human_readable_int("2G") == 2 * GiB
+    assert server.human_readable_int_or_auto("auto") == -1
+    assert server.human_readable_int_or_auto("-1") == -1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["m", "--enable-auto-tool-choice"], "TypeError: Error: --enable-auto-tool-choice requires --tool-call-parser"),
+        (["m", "--gpu-memory-utilization", "1.5"], "Input should be less than or equal to 1 [type=less_than_equal, input_value=1.5"),
+        (["m", "--gpu-memory-utilization", "0"], "Input should be greater than 0 [type=greater_than"),
+        (["m", "--kv-cache-dtype", "fp7"], "Value error, Invalid kv_cache_dtype: 'fp7'. Valid values are: ['auto', 'float16'"),
+        (["m", "--reasoning-parser", "qwen9"], "KeyError: 'invalid reasoning parser: qwen9 (chose from {"),
+        (["m", "-q", "nonsense"], "ValueError: Unknown quantization method: nonsense. Must be one of ["),
+        (["Qwen/Qwen3-8B-AWQ", "-q", "fp8"], "ValueError: Quantization method specified in the model config (awq) does not match the quantization method specified in the `quantization` argument (fp8)."),
+        (["Qwen/Qwen3-14B", "-tp", "3"], "ValueError: Total number of attention heads (40) must be divisible by tensor parallel size (3)."),
+        (["Qwen/Qwen3-8B", "--max-model-len", "65536"], "User-specified max_model_len (65536) is greater than the derived max_model_len (max_position_embeddings=40960 or model_max_length=None in model's config.json)."),
+    ],
+)  # fmt: skip
+def test_startup_validation_exits_1(argv: list[str], message: str) -> None:
+    """Errors vLLM raises after parsing (config validation): a traceback and status 1."""
+    done = subprocess.run(
+        [sys.executable, str(SERVER), "serve", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"STANDIN_LOAD_SECONDS": "0", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert message in done.stdout
+
+
+def test_unknown_flag_exits_2_from_the_command_line() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SERVER), "serve", "Qwen/Qwen3-8B", "--enable-reasoning"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == "vllm: error: unrecognized arguments: --enable-reasoning"
+
+
+# -- quantization and model knowledge ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "flag", "resolved"),
+    [
+        ("Qwen/Qwen3-8B-AWQ", None, "auto_awq"),
+        ("Qwen/Qwen3-8B-AWQ", "awq", "auto_awq"),
+        ("Qwen/Qwen3-8B-AWQ", "awq_marlin", "auto_awq"),
+        ("Qwen/Qwen3-8B-FP8", None, "fp8"),
+        ("Qwen/Qwen3-8B-FP8", "fp8", "fp8"),
+        ("RedHatAI/Qwen3-8B-NVFP4", None, "compressed-tensors"),
+        ("RedHatAI/Qwen3-8B-NVFP4", "compressed-tensors", "compressed-tensors"),
+        ("Qwen/Qwen3-8B", None, None),
+        ("Qwen/Qwen3-8B", "fp8", "fp8"),  # online FP8 of a BF16 checkpoint
+    ],
+)
+def test_quantization_resolution(model: str, flag: str | None, resolved: str | None) -> None:
+    assert server.resolve_quantization(server.model_info(model, {}), flag) == resolved
+
+
+def test_quantization_mismatch() -> None:
+    with pytest.raises(server.StartupError, match=r"config \(compressed-tensors\) does not match"):
+        server.resolve_quantization(server.model_info("RedHatAI/Qwen3-8B-NVFP4", {}), "nvfp4")
+
+
+def test_model_shapes() -> None:
+    info = server.model_info("Qwen/Qwen3-32B-AWQ", {})
+    assert (info.layers, info.q_heads, info.kv_heads, info.max_position_embeddings) == (
+        64, 64, 8, 40960,
+    )  # fmt: skip
+    assert server.model_info("Qwen/Qwen3-4B-Instruct-2507", {}).max_position_embeddings == 262144
+    moe = server.model_info("Qwen/Qwen3-30B-A3B", {})
+    assert (moe.architecture, moe.kv_heads) == ("Qwen3MoeForCausalLM", 4)
+    # KV per token: 2 x 36 layers x 8 heads x 128 x 2 bytes; fp8 halves it; TP splits heads
+    qwen8b = server.model_info("Qwen/Qwen3-8B", {})
+    assert server.kv_bytes_per_token(qwen8b, 1, "auto") == 147456
+    assert server.kv_bytes_per_token(qwen8b, 1, "fp8") == 73728
+    assert server.kv_bytes_per_token(qwen8b, 2, "auto") == 73728
+    assert server.kv_bytes_per_token(moe, 8, "auto") == 2 * 48 * 1 * 128 * 2  # replicated
+
+
+# -- GPU memory arithmetic -----------------------------------------------------------------
+
+
+def test_free_memory_message_is_vllms() -> None:
+    total = 24564 * MiB
+    free = total - 410 * MiB - server.requested_bytes(total, 0.5)
+    assert server.requested_bytes(total, 0.5) == 12282 * MiB
+    assert server.free_memory_error(0, total, free, 0.6) == (
+        "ValueError: Free memory on device cuda:0 (11.59/23.99 GiB) on startup is less than "
+        "desired GPU memory utilization (0.6, 14.39 GiB). Decrease GPU memory utilization or "
+        "reduce GPU memory used by other processes."
+    )
+    assert server.free_memory_error(1, total, free, 0.45) is None
+    assert server.format_gib(24 * GiB) == "24.0"  # str(round(x, 2)), as vLLM prints it
+
+
+def test_requested_memory_is_a_ceiling_of_the_total() -> None:
+    assert server.requested_bytes(1000, 0.9) == 900
+    assert server.requested_bytes(1001, 0.9) == 901  # ceil(900.9)
+
+
+def test_gpu_maps_and_visible_devices() -> None:
+    totals = server.parse_gpu_map("0:24564, 1:24564,GPU-abc:81559")
+    assert totals == {"0": 24564, "1": 24564, "GPU-abc": 81559}
+    assert server.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "1,0"}, totals) == ["1", "0"]
+    assert server.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "void"}, totals) == []
+    assert server.visible_gpus({}, totals) == []
+    assert server.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "all"}, totals) == ["0", "1", "GPU-abc"]
+    with pytest.raises(ValueError, match="expected ID:MIB"):
+        server.parse_gpu_map("0=1")
+
+
+def test_kv_cache_plan() -> None:
+    per_token = 147456  # Qwen3-8B, BF16 KV
+    ok = server.plan_kv_cache(6 * GiB, per_token, 32768)
+    assert ok.error is None
+    assert ok.tokens == 6 * GiB // per_token // 16 * 16
+    short = server.plan_kv_cache(1 * GiB, per_token, 40960)
+    assert short.error is not None
+    assert short.error.startswith(
+        "ValueError: To serve at least one request with the model's max seq len (40960), "
+        "(5.62 GiB KV cache is needed, which is larger than the available KV cache memory "
+        "(1.0 GiB). Based on the available memory, the estimated maximum model length is 7280."
+    )
+    assert server.plan_kv_cache(-5, per_token, 4096).error == server.NO_CACHE_MEMORY
+    fitted = server.plan_kv_cache(1 * GiB, per_token, 40960, auto_len=True)
+    assert (fitted.error, fitted.max_model_len) == (None, 7280)
+    fixed = server.plan_kv_cache(-5, per_token, 4096, kv_cache_memory_bytes=GiB)
+    assert fixed.error is None and fixed.available == GiB
+
+
+# -- the ledger (real files, real flock, a real second process) ------------------------------
+
+
+def test_ledger_counts_live_entries_only(tmp_path: Path) -> None:
+    a = server.Ledger(str(tmp_path), "a")
+    b = server.Ledger(str(tmp_path), "b")
+    a.register("0", 10 * GiB, "Qwen/Qwen3-8B")
+    [entry] = b.entries("0")
+    assert (entry.name, entry.requested, entry.state, entry.model) == (
+        "a", 10 * GiB, "loading", "Qwen/Qwen3-8B",
+    )  # fmt: skip
+    assert a.entries("0") == []  # its own entry is not "another instance"
+    assert b.entries("1") == []
+    a.set_state("ready")
+    assert b.entries("0")[0].state == "ready"
+    a.release()
+    assert b.entries("0") == []
+
+
+def test_ledger_drops_entries_of_dead_processes(tmp_path: Path) -> None:
+    # A process that registers and dies without releasing (like SIGKILL): file stays, lock goes.
+    code = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); import server; "
+        "server.Ledger(sys.argv[2], 'dead').register('0', 5, 'm'); os._exit(1)"
+    )
+    subprocess.run([sys.executable, "-c", code, str(SERVER.parent), str(tmp_path)], check=False)
+    assert (tmp_path / "gpu-0" / "dead.json").exists()
+    assert server.Ledger(str(tmp_path), "b").entries("0") == []
+    assert not (tmp_path / "gpu-0" / "dead.json").exists()
+
+
+def test_ledger_sees_a_live_process(tmp_path: Path) -> None:
+    code = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]); import server; "
+        "server.Ledger(sys.argv[2], 'live').register('0', 7, 'm'); print('ok', flush=True); "
+        "time.sleep(30)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(SERVER.parent), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ok"
+        [entry] = server.Ledger(str(tmp_path), "b").entries("0")
+        assert (entry.name, entry.requested) == ("live", 7)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while server.Ledger(str(tmp_path), "b").entries("0") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.Ledger(str(tmp_path), "b").entries("0") == []
+
+
+# -- tokens, thinking and max_tokens --------------------------------------------------------
+
+
+def test_prompt_tokens_are_words_plus_template() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "two words"}]},
+    ]
+    assert server.chat_prompt_tokens(messages) == 4 + 2 * 4 + 3
+
+
+def test_reasoning_split_with_parser() -> None:
+    g = server.generate_chat(
+        "hello there", max_tokens=100, thinking=True, reasoning_parser=True, thinking_tokens=5
+    )
+    assert g.finish_reason == "stop"
+    assert g.text("reasoning") == "\nOkay, the user wrote: hello"
+    assert g.text("content") == "\n\nStand-in reply to: hello there"
+    assert g.completion_tokens == 1 + 5 + 1 + 5
+
+
+def test_thinking_inline_without_parser() -> None:
+    g = server.generate_chat(
+        "hi", max_tokens=100, thinking=True, reasoning_parser=False, thinking_tokens=2
+    )
+    assert g.text("reasoning") is None
+    assert g.text("content") == "<think>\nOkay, the\n</think>\n\nStand-in reply to: hi"
+
+
+def test_thinking_off() -> None:
+    g = server.generate_chat(
+        "hi", max_tokens=100, thinking=False, reasoning_parser=True, thinking_tokens=50
+    )
+    assert (g.text("reasoning"), g.text("content")) == (None, "Stand-in reply to: hi")
+    assert g.completion_tokens == 4
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "reasoning_words", "content", "finish"),
+    [
+        (1, 0, None, "length"),  # only <think>
+        (4, 3, None, "length"),  # inside the thinking
+        (7, 6, None, "length"),  # thinking done, </think> not yet
+        (8, 6, None, "length"),  # </think> emitted, no answer yet
+        (9, 6, "\n\nStand-in", "length"),
+        (12, 6, "\n\nStand-in reply to: hi", "stop"),
+    ],
+)
+def test_thinking_counts_against_max_tokens(
+    max_tokens: int, reasoning_words: int, content: str | None, finish: str
+) -> None:
+    g = server.generate_chat(
+        "hi", max_tokens=max_tokens, thinking=True, reasoning_parser=True, thinking_tokens=6
+    )
+    assert len((g.text("reasoning") or "").split()) == reasoning_words
+    assert (g.text("content"), g.finish_reason) == (content, finish)
+    assert g.completion_tokens == min(max_tokens, 12)
+
+
+def test_huge_thinking_is_built_lazily() -> None:
+    g = server.generate_chat(
+        "x", max_tokens=3, thinking=True, reasoning_parser=True, thinking_tokens=10**9
+    )
+    assert (g.completion_tokens, g.finish_reason, g.text("content")) == (3, "length", None)
+
+
+def test_completion_generation() -> None:
+    g = server.generate_completion("one two", max_tokens=3, answer_tokens=None)
+    assert (g.text("content"), g.finish_reason) == (" Stand-in reply to:", "length")
+    assert server.answer_words("a b", answer_tokens=7) == ["Stand-in", "reply", "to:", "a", "b",
+                                                           "Stand-in", "reply"]  # fmt: skip
+
+
+def test_faults_parse() -> None:
+    assert server.parse_faults("slow:2, no_auth,wrong_model:x") == {
+        "slow": "2", "no_auth": "", "wrong_model": "x",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="unknown STANDIN_FAULT 'explode'"):
+        server.parse_faults("explode")
