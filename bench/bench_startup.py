@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import random
 import socket
 import sys
 import tempfile
@@ -43,24 +45,32 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def tri_tier(deployment: str, load_seconds: float) -> DeploymentPlan:
-    """The shipped tri-tier layout, on free ports, with a fixed stand-in load time."""
+def tri_tier(deployment: str, load_seconds: float, home: Path) -> DeploymentPlan:
+    """The shipped tri-tier layout, on free ports, with a fixed stand-in load time. The GPUs are
+    numbered from a random base: stand-ins share a per-GPU memory ledger on the engine, and a
+    running `make demo` holds GPUs 0-2."""
+    g = random.randrange(100, 1000, 3)
+    box = json.loads(BOX.read_text())
+    for offset, gpu in enumerate(box["gpus"]):
+        gpu["index"] = g + offset
+    gpus_file = home / f"{deployment}-gpus.json"
+    gpus_file.write_text(json.dumps(box))
     medium, mini, micro = free_ports(3)
     data = {
         "name": "tri-tier-bench",
         "defaults": {"environment": {"STANDIN_LOAD_SECONDS": str(load_seconds)}},
         "services": {
-            "medium": {"model": "Qwen/Qwen3-32B-AWQ", "gpus": [0, 1], "port": medium,
+            "medium": {"model": "Qwen/Qwen3-32B-AWQ", "gpus": [g, g + 1], "port": medium,
                        "context": 32768},
-            "mini": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [2], "port": mini, "context": 32768,
-                     "share": 2},
-            "micro": {"model": "Qwen/Qwen3-1.7B-FP8", "gpus": [2], "port": micro,
+            "mini": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [g + 2], "port": mini,
+                     "context": 32768, "share": 2},
+            "micro": {"model": "Qwen/Qwen3-1.7B-FP8", "gpus": [g + 2], "port": micro,
                       "context": 16384},
         },
     }  # fmt: skip
     profile = parse_profile(data, "bench")
     options = PlanOptions(deployment=deployment, engine="stand-in")
-    return plan(load_inventory_file(BOX), profile, load_catalog(), options)
+    return plan(load_inventory_file(gpus_file), profile, load_catalog(), options)
 
 
 def one_after_another(p: DeploymentPlan) -> DeploymentPlan:
@@ -119,10 +129,12 @@ def main() -> int:
         home = Path(tmp)
         for i in range(1, args.repeat + 1):
             tag = uuid.uuid4().hex[:6]
-            parallel_plan = tri_tier(f"bench-par-{tag}", args.load_seconds)
+            parallel_plan = tri_tier(f"bench-par-{tag}", args.load_seconds, home)
             measured = run(client, parallel_plan, home)
             critical = critical_path(parallel_plan, measured)
-            sequential_plan = one_after_another(tri_tier(f"bench-seq-{tag}", args.load_seconds))
+            sequential_plan = one_after_another(
+                tri_tier(f"bench-seq-{tag}", args.load_seconds, home)
+            )
             sequential = run(client, sequential_plan, home)
             print(
                 f"{i:>3}  {measured.elapsed_s:>8.2f}s  {critical:>8.2f}s  "

@@ -518,13 +518,14 @@ def _set_restart_policy(container: Any, name: str) -> None:
         container.reload()
 
 
-def _stop(container: Any, keep: bool = True) -> None:
-    """Stop a container and keep it from coming back on its own (restart policy `no`); its
-    logs stay for `qwen-deploy logs`. `up` or `restart` restores the policy."""
+def _stop(container: Any, disarm: bool = True) -> None:
+    """Stop a container; `disarm` also sets its restart policy to `no`, so a failed service
+    stays down (and keeps its logs) even when dockerd restarts. The next `up` or `restart`
+    that gets it ready sets the spec's policy again."""
     container.reload()
     if container.status in ("running", "restarting", "paused"):
         container.stop(timeout=STOP_TIMEOUT_S)
-    if keep:
+    if disarm:
         with contextlib.suppress(docker.errors.APIError):
             container.update(restart_policy={"Name": "no"})
 
@@ -553,6 +554,7 @@ class _Run:
         session: requests.Session,
         memory_probe: MemoryProbe | None,
         poll_s: float,
+        t0: float,
     ) -> None:
         self.client = client
         self.plan = plan
@@ -567,7 +569,7 @@ class _Run:
         self.done = {s.name: threading.Event() for s in plan.services}
         self.outcomes: dict[str, ServiceOutcome] = {}
         self.lock = threading.Lock()
-        self.t0 = time.monotonic()
+        self.t0 = t0  # when the command began: outcome times are relative to it
 
     def report(self, service: str, stage: str, since: float, detail: str = "") -> None:
         if self.progress_cb is None:
@@ -758,7 +760,7 @@ def _ensure_images(
 
 
 def _remove(container: Any) -> None:
-    _stop(container, keep=False)
+    _stop(container, disarm=False)
     container.remove(force=True)
 
 
@@ -807,13 +809,12 @@ def _execute(
                 except docker.errors.NotFound:
                     continue
                 if action.kind == "restart":
-                    _stop(container, keep=False)
+                    _stop(container, disarm=False)
                 else:
                     _remove(container)
         runner = _Run(
-            client, plan, specs, env, progress, timeout_override, session, memory_probe, poll_s
+            client, plan, specs, env, progress, timeout_override, session, memory_probe, poll_s, t0
         )
-        runner.t0 = t0
         planned = {a.service: a for a in actions if a.kind != "remove"}
         outcomes = runner.run(planned)
     finally:
@@ -932,7 +933,7 @@ def down(
 
         def stop(container: Any) -> None:
             try:
-                _stop(container, keep=False)
+                _stop(container, disarm=False)
             except BaseException as exc:  # raised again below, in this thread
                 errors.append(exc)
 

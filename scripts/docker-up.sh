@@ -28,7 +28,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update </dev/null
-    apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
+    apt-get install -y "${missing[@]}" </dev/null
 fi
 command -v dockerd >/dev/null 2>&1 || die "dockerd not found after installing docker.io"
 
@@ -50,7 +50,8 @@ if pgrep -x dockerd >/dev/null 2>&1; then
 else
     say "starting dockerd (log: $DOCKERD_LOG)"
     mkdir -p "$(dirname "$DOCKERD_LOG")"
-    nohup dockerd </dev/null >>"$DOCKERD_LOG" 2>&1 &
+    # In its own session, so that it outlives this script and the shell that ran it.
+    setsid nohup dockerd </dev/null >>"$DOCKERD_LOG" 2>&1 &
 fi
 
 deadline=$((SECONDS + WAIT_SECONDS))

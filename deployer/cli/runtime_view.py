@@ -216,7 +216,8 @@ def status_table(rows: Sequence[ServiceStatus], colour: bool, now: datetime) -> 
                 paint(health, colour),
                 duration(row.uptime_s),
                 str(row.restart_count),
-                verify_cell(row.verify, colour, now),
+                # A result about a container that is gone says nothing about the service now.
+                verify_cell(row.verify if row.container else None, colour, now),
             ]
         )
     headers = ["SERVICE", "MODEL", "GPUS", "PORT", "STATE", "HEALTH", "UPTIME", "RESTARTS"]

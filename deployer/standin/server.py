@@ -680,7 +680,18 @@ class _EnableDisable(argparse.Action):
 
 
 class StandinParser(argparse.ArgumentParser):
-    """argparse with vLLM's usage lines."""
+    """argparse with vLLM's extra hint for `--task` (FlexibleArgumentParser.error)."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:") and re.search(
+            r"(^|\s)--task(=|\s|$)", message
+        ):
+            message += (
+                "\n\nHint: --task is not a vllm serve option. For embedding, reranking, or "
+                "reward models, use --runner pooling. To adapt a generative model for pooling, "
+                "also use --convert embed, --convert classify, or --convert reward."
+            )
+        super().error(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -732,6 +743,14 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["choices"] = [*spec.choices, None] if optional else list(spec.choices)
         serve.add_argument(*spec.flags, **kwargs)
     return top
+
+
+def serve_option_strings() -> list[str]:
+    """Every option string the `serve` parser registers (aliases and -h/--help included)."""
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return sorted(action.choices["serve"]._option_string_actions)
+    return []
 
 
 class StartupError(Exception):
@@ -889,7 +908,7 @@ def model_info(model: str, env: dict[str, str] | None = None) -> ModelInfo:
     layers, q_heads, kv_heads, _params, sizes = shape
     long_context = "2507" in base or "coder" in base
     if "fp4" in base:
-        quant: str | None = "modelopt" if name.startswith("nvidia/") else "compressed-tensors"
+        quant: str | None = "modelopt_fp4" if name.startswith("nvidia/") else "compressed-tensors"
     elif "awq" in base:
         quant = "awq"
     elif "gptq" in base:
@@ -924,20 +943,20 @@ def resolve_quantization(info: ModelInfo, user: str | None) -> str | None:
     user = user.lower() if user else None
     ckpt = info.checkpoint_quant
     if ckpt is not None:
-        resolved: str = ckpt
+        # Overrides (auto_awq.py, auto_gptq.py, modelopt.py) replace the method, the user's too.
+        method = ckpt
         if ckpt == "awq" and user in (None, "awq", "awq_marlin", "auto_awq", "marlin"):
-            resolved = "auto_awq"
+            method = user = "auto_awq"
         elif ckpt == "gptq" and user in (None, "gptq", "gptq_marlin", "auto_gptq", "marlin"):
-            resolved = "auto_gptq"
-        elif ckpt == "modelopt":  # the override ignores the user's value
-            resolved = "modelopt_fp4" if info.weights_gb else "modelopt"
-            user = resolved
+            method = user = "auto_gptq"
+        elif ckpt in ("modelopt", "modelopt_fp4"):
+            user = method
         if user is None:
-            user = resolved
-        elif user != resolved:
+            user = method
+        elif user != method:
             raise StartupError(
                 "ValueError: Quantization method specified in the model config "
-                f"({ckpt}) does not match the quantization method specified in the "
+                f"({method}) does not match the quantization method specified in the "
                 f"`quantization` argument ({user})."
             )
     if user is not None:
@@ -1519,12 +1538,17 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "uvicorn"
     sys_version = ""
-    engine: Engine  # set on the subclass made by serve()
+    engine: Engine  # set on the subclass made by main()
+    _raw: bytes = b""
+    _streaming = False
 
     # -- plumbing -----------------------------------------------------------------------------
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def version_string(self) -> str:
+        return "uvicorn"
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         args = self.engine.settings.args
@@ -1548,6 +1572,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), "application/json")
 
     def _start_stream(self) -> None:
+        self._streaming = True
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
         self.send_header("transfer-encoding", "chunked")
@@ -1566,8 +1591,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._raw
         media = (self.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if media != "application/json":
             raise validation_error(
@@ -1630,6 +1654,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, b"", "text/plain")
 
     def _route(self, method: str) -> None:
+        # Read the whole body first, whatever the answer: on a kept-alive connection unread
+        # bytes would be taken for the next request.
+        length = int(self.headers.get("content-length") or 0)
+        self._raw = self.rfile.read(length) if length > 0 else b""
+        self._streaming = False
         path = self.path.split("?", 1)[0]
         routes: dict[str, dict[str, Callable[[], None]]] = {
             "/health": {"GET": self._health},
@@ -1658,6 +1687,12 @@ class Handler(BaseHTTPRequestHandler):
             self._json(exc.status, exc.body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception as exc:  # a stand-in bug: answer like vLLM's fallback handler
+            log("ERROR", "exception.py:40", f"Error in {method} {path}: {exc!r}")
+            self.close_connection = True
+            if not self._streaming:
+                error = RequestError(500, str(exc), "InternalServerError")
+                self._json(500, error.body)
 
     def _health(self) -> None:
         self._send(200 if self.engine.healthy else 503, b"", "application/json")
@@ -2317,7 +2352,7 @@ def startup(argv: Sequence[str], env: dict[str, str]) -> tuple[Settings, str, in
     )
 
     # Worker start: the free-memory check on every GPU this instance uses.
-    instance = f"{socket.gethostname()}-{os.getpid()}"
+    instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     ledger_dir = env.get("STANDIN_LEDGER_DIR") or DEFAULT_LEDGER_DIR
     ledger = Ledger(ledger_dir, instance) if gpus else None
     requested: dict[str, int] = {}
@@ -2515,9 +2550,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     engine = Engine(settings)
     handler = type("BoundHandler", (Handler,), {"engine": engine})
-    ThreadingHTTPServer.allow_reuse_address = True
+    server_class = type(
+        "StandinHTTPServer",
+        (ThreadingHTTPServer,),
+        {
+            "allow_reuse_address": True,
+            "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
+        },
+    )
     try:
-        server = ThreadingHTTPServer((host, port), handler)
+        server = server_class((host, port), handler)
     except OSError as exc:
         fail_api_server(
             f"OSError: [Errno {exc.errno}] error while attempting to bind on address "

@@ -1,10 +1,17 @@
 """Fixtures for the runtime's integration tests (imported by test_runtime.py): a real Docker
-engine, the stand-in image, a tri-tier profile under tmp_path with small load times, a unique
-deployment name per test and a finalizer that removes what the test created."""
+engine, the stand-in image, a 3-GPU inventory and a tri-tier profile under tmp_path with small
+load times, a unique deployment name per test and a finalizer that removes what it created.
+
+Stand-ins keep a per-GPU memory ledger shared by every stand-in on the engine (as vLLM
+instances share a real GPU), keyed by the device ids Docker hands them. Each test's inventory
+numbers its three GPUs from a random base, so a test never competes for "GPU 2" with another
+test run, `make demo` or anything else using the stand-in on the same engine."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import random
 import socket
 import uuid
 from collections.abc import Iterator
@@ -54,13 +61,25 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def tri_tier_profile(ports: dict[str, int], **services: dict[str, Any]) -> dict[str, Any]:
-    """The tri-tier layout (medium TP 2 on GPUs 0-1; mini then micro on GPU 2) with the test's
-    ports and keys; `services` overrides keys per service."""
+def write_inventory(path: Path, first: int) -> Path:
+    """The 3x RTX 4090 fixture with its GPUs numbered first, first+1, first+2."""
+    data = json.loads(BOX_FILE.read_text())
+    for offset, gpu in enumerate(data["gpus"]):
+        gpu["index"] = first + offset
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def tri_tier_profile(
+    ports: dict[str, int], first_gpu: int = 0, **services: dict[str, Any]
+) -> dict[str, Any]:
+    """The tri-tier layout (medium TP 2 on the first two GPUs; mini then micro on the third)
+    with the test's ports and keys; `services` overrides keys per service."""
+    g = first_gpu
     base: dict[str, dict[str, Any]] = {
-        "medium": {"model": "Qwen/Qwen3-32B-AWQ", "gpus": [0, 1], "context": 32768},
-        "mini": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [2], "context": 32768, "share": 2},
-        "micro": {"model": "Qwen/Qwen3-1.7B-FP8", "gpus": [2], "context": 16384},
+        "medium": {"model": "Qwen/Qwen3-32B-AWQ", "gpus": [g, g + 1], "context": 32768},
+        "mini": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [g + 2], "context": 32768, "share": 2},
+        "micro": {"model": "Qwen/Qwen3-1.7B-FP8", "gpus": [g + 2], "context": 16384},
     }
     out = {}
     for name, spec in base.items():
@@ -83,20 +102,29 @@ def tri_tier_profile(ports: dict[str, int], **services: dict[str, Any]) -> dict[
 
 @dataclass
 class Deployment:
-    """One test's deployment: its name, home, profile file and ports, and a CLI runner."""
+    """One test's deployment: its name, home, GPUs, profile file and ports, and a CLI runner."""
 
     name: str
     home: Path
     engine: Any
     ports: dict[str, int]
+    first_gpu: int
     profile: Path = field(init=False)
+    gpus_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.profile = self.home / "profile.yaml"
+        self.profile = self.home.parent / "profile.yaml"
+        self.gpus_file = write_inventory(self.home.parent / "gpus.json", self.first_gpu)
         self.write_profile()
 
+    @property
+    def gpu_ids(self) -> dict[str, list[str]]:
+        """The device ids each service's container should get."""
+        g = self.first_gpu
+        return {"medium": [str(g), str(g + 1)], "mini": [str(g + 2)], "micro": [str(g + 2)]}
+
     def write_profile(self, **services: dict[str, Any]) -> None:
-        data = tri_tier_profile(self.ports, **services)
+        data = tri_tier_profile(self.ports, self.first_gpu, **services)
         self.profile.write_text(yaml.safe_dump(data, sort_keys=False))
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -115,7 +143,7 @@ class Deployment:
             "--profile",
             str(self.profile),
             "--gpus-file",
-            str(BOX_FILE),
+            str(self.gpus_file),
             "--engine",
             "stand-in",
             *args,
@@ -139,6 +167,7 @@ def deployment(engine: Any, tmp_path: Path) -> Iterator[Deployment]:
 
     name = f"rt-{uuid.uuid4().hex[:8]}"
     ports = dict(zip(("medium", "mini", "micro"), free_ports(3), strict=True))
-    yield Deployment(name, tmp_path / "home", engine, ports)
+    first_gpu = random.randrange(100, 1000, 3)
+    yield Deployment(name, tmp_path / "home", engine, ports, first_gpu)
     with contextlib.suppress(Exception):
         runtime.down(engine, name)

@@ -20,7 +20,6 @@ from deployer.planner import DeploymentPlan, PlanOptions, plan
 from deployer.profiles import parse_profile
 from deployer.spec import HF_CACHE_VOLUME, container_specs
 from tests.integration.conftest_runtime import (
-    BOX_FILE,
     KEYS,
     LOAD_SECONDS,
     Deployment,
@@ -31,8 +30,6 @@ from tests.integration.conftest_runtime import (
 
 pytestmark = pytest.mark.integration
 __all__ = ["deployment", "engine"]  # fixtures, imported so pytest finds them
-
-GPU_IDS = {"medium": ["0", "1"], "mini": ["2"], "micro": ["2"]}
 
 
 def _env_of(container: Any) -> dict[str, str]:
@@ -54,11 +51,12 @@ def test_up_starts_tri_tier_with_gpus_ports_labels_and_keys(deployment: Deployme
     for name, container in containers.items():
         host = container.attrs["HostConfig"]
         [request] = host["DeviceRequests"]
-        assert request["DeviceIDs"] == GPU_IDS[name]
+        assert request["DeviceIDs"] == deployment.gpu_ids[name]
         assert request["Capabilities"] == [["gpu"]]
-        # What the process inside sees, as the NVIDIA hook would set it.
-        seen = container.exec_run(["printenv", "NVIDIA_VISIBLE_DEVICES"]).output.decode().strip()
-        assert seen == ",".join(GPU_IDS[name])
+        # What the served process sees: dockerd's GPU driver puts it in PID 1's environment
+        # (not in Config.Env, so `docker exec printenv` would not show it).
+        environ = container.exec_run(["cat", "/proc/1/environ"]).output.decode().split("\0")
+        assert f"NVIDIA_VISIBLE_DEVICES={','.join(deployment.gpu_ids[name])}" in environ
         assert host["IpcMode"] == "host"
         assert host["RestartPolicy"]["Name"] == "always"
         [binding] = container.attrs["NetworkSettings"]["Ports"]["8000/tcp"]
@@ -68,7 +66,7 @@ def test_up_starts_tri_tier_with_gpus_ports_labels_and_keys(deployment: Deployme
         assert labels["com.docker.compose.service"] == name
         assert labels["com.docker.compose.oneoff"] == "False"
         assert len(labels["com.docker.compose.config-hash"]) == 64
-        assert labels["io.qwen-deploy.gpus"] == ",".join(GPU_IDS[name])
+        assert labels["io.qwen-deploy.gpus"] == ",".join(deployment.gpu_ids[name])
         assert KEYS[name] not in json.dumps(labels)  # keys never in labels
         assert _env_of(container)["VLLM_API_KEY"] == KEYS[name]
         assert _env_of(container)["STANDIN_LOAD_SECONDS"] == LOAD_SECONDS
@@ -78,7 +76,7 @@ def test_up_starts_tri_tier_with_gpus_ports_labels_and_keys(deployment: Deployme
         answer = _models(deployment.ports[name], KEYS[name])
         assert answer.status_code == 200
         assert _models(deployment.ports[name], None).status_code == 401
-    # mini and micro share GPU 2: micro started only once mini answered.
+    # mini and micro share a GPU: micro started only once mini answered.
     mini_started = containers["mini"].attrs["State"]["StartedAt"]
     micro_started = containers["micro"].attrs["State"]["StartedAt"]
     assert micro_started > mini_started
@@ -88,6 +86,9 @@ def test_up_starts_tri_tier_with_gpus_ports_labels_and_keys(deployment: Deployme
 def test_up_again_changes_nothing_and_a_change_recreates_only_that_service(
     deployment: Deployment,
 ) -> None:
+    # micro's fraction fixed, so a shorter context changes micro alone (with `auto`, the
+    # planner would hand the memory it frees to mini, which then changes too).
+    deployment.write_profile(micro={"gpu_memory_utilization": 0.288})
     assert deployment.up("--no-verify").exit_code == 0
     first = deployment.ids()
 
@@ -97,7 +98,7 @@ def test_up_again_changes_nothing_and_a_change_recreates_only_that_service(
     assert again.stdout.count(" keep ") == 3
     assert "(3 unchanged)" in again.stdout
 
-    deployment.write_profile(micro={"context": 8192})
+    deployment.write_profile(micro={"gpu_memory_utilization": 0.288, "context": 8192})
     dry = deployment.up("--dry-run")
     assert dry.exit_code == 0, dry.output
     lines = {line.split()[1]: line for line in dry.stdout.splitlines()[1:] if line.strip()}
@@ -119,7 +120,7 @@ def test_a_memory_change_restarts_the_neighbour_that_starts_after(deployment: De
     assert deployment.up("--no-verify").exit_code == 0
     first = deployment.ids()
     started = deployment.containers()["micro"].attrs["State"]["StartedAt"]
-    deployment.write_profile(mini={"context": 32768, "share": 1})  # mini gets less of GPU 2
+    deployment.write_profile(mini={"context": 32768, "share": 1})  # less of the shared GPU
     result = deployment.up("--no-verify")
     assert result.exit_code == 0, result.output
     now = deployment.ids()
@@ -181,7 +182,10 @@ def test_status_after_a_container_is_killed(deployment: Deployment) -> None:
     assert rows["medium"]["state"] == "exited"
     assert rows["medium"]["exit_code"] == 137
     assert rows["mini"]["state"] == "running"
-    assert rows["mini"]["gpus"] == "2" and rows["mini"]["port"] == deployment.ports["mini"]
+    assert (
+        rows["mini"]["gpus"] == deployment.gpu_ids["mini"][0]
+        and rows["mini"]["port"] == deployment.ports["mini"]
+    )
     assert rows["mini"]["up_to_date"] is True
     assert "1 exited" in data["summary"]
     table = deployment.cli("status")
@@ -221,9 +225,10 @@ def test_logs_and_restart(deployment: Deployment) -> None:
 
 
 def _library_plan(deployment: Deployment, **services: dict[str, Any]) -> DeploymentPlan:
-    profile = parse_profile(tri_tier_profile(deployment.ports, **services), "test")
+    data = tri_tier_profile(deployment.ports, deployment.first_gpu, **services)
     options = PlanOptions(deployment=deployment.name, engine="stand-in")
-    return plan(load_inventory_file(BOX_FILE), profile, load_catalog(), options)
+    box = load_inventory_file(deployment.gpus_file)
+    return plan(box, parse_profile(data, "test"), load_catalog(), options)
 
 
 def _apply(deployment: Deployment, p: DeploymentPlan, **kw: Any) -> runtime.ApplyResult:
@@ -234,7 +239,7 @@ def _apply(deployment: Deployment, p: DeploymentPlan, **kw: Any) -> runtime.Appl
 
 def test_starting_gpu_neighbours_together_fails_like_vllm(deployment: Deployment) -> None:
     planned = _library_plan(deployment)
-    # Drop the start order: mini and micro now load on GPU 2 at the same time (vllm#55827).
+    # Drop the start order: mini and micro now load on one GPU at the same time (vllm#55827).
     racing = dataclasses.replace(
         planned, services=tuple(dataclasses.replace(s, start_after=()) for s in planned.services)
     )
@@ -253,7 +258,7 @@ def test_starting_gpu_neighbours_together_fails_like_vllm(deployment: Deployment
 
 def test_utilizations_above_the_gpu_fail_like_vllm(deployment: Deployment) -> None:
     planned = _library_plan(deployment)
-    fixed = {"mini": 0.7, "micro": 0.5}  # 1.2 of GPU 2: the planner would refuse this
+    fixed = {"mini": 0.7, "micro": 0.5}  # 1.2 of their GPU: the planner refuses that
     greedy = dataclasses.replace(
         planned,
         services=tuple(
@@ -272,12 +277,14 @@ def test_utilizations_above_the_gpu_fail_like_vllm(deployment: Deployment) -> No
 
 def test_memory_recheck_refuses_before_starting(deployment: Deployment) -> None:
     planned = _library_plan(deployment)
-    box = load_inventory_file(BOX_FILE)
+    box = load_inventory_file(deployment.gpus_file)
     busy = dataclasses.replace(box.gpus[2], memory_used_mib=20000)
     now = GpuInventory(box.driver_version, box.cuda_version, (*box.gpus[:2], busy))
     result = _apply(deployment, planned, memory_probe=lambda: now)
     assert result.outcome("medium").ok
     mini = result.outcome("mini")
     assert not mini.ok
-    assert "not enough free GPU memory to start: GPU 2 has 4.4 GiB free" in mini.message
+    third = deployment.first_gpu + 2
+    assert f"not enough free GPU memory to start: GPU {third} has 4.5 GiB free" in mini.message
+    assert "mini asks 15.9 GiB (gpu_memory_utilization 0.661)" in mini.message
     assert "mini" not in deployment.containers()  # refused before anything was created

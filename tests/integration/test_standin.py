@@ -292,9 +292,15 @@ def test_requests_beyond_max_num_seqs_wait(standin: StartStandin) -> None:
     threads = [threading.Thread(target=one) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
-    assert metric(s.url, "vllm:num_requests_running") == 1
-    assert metric(s.url, "vllm:num_requests_waiting") == 2
+    deadline = time.monotonic() + 2
+    seen = (0.0, 0.0)
+    while time.monotonic() < deadline and seen != (1, 2):
+        seen = (
+            metric(s.url, "vllm:num_requests_running"),
+            metric(s.url, "vllm:num_requests_waiting"),
+        )
+        time.sleep(0.02)
+    assert seen == (1, 2)
     for t in threads:
         t.join()
     assert results == [200, 200, 200]
@@ -333,7 +339,7 @@ def test_second_instance_overflowing_the_gpu_fails(standin: StartStandin) -> Non
 
 
 def test_simultaneous_start_on_one_gpu_races(standin: StartStandin) -> None:
-    env = {"STANDIN_LOAD_SECONDS": "1.5"}
+    env = {"STANDIN_LOAD_SECONDS": "3"}  # the second starts well within the first's load
     a = standin(SMALL, "--gpu-memory-utilization", "0.4", gpus="2", env=env, wait=False)
     b = standin(SMALL, "--gpu-memory-utilization", "0.4", gpus="2", env=env, wait=False)
     assert a.wait_exit() == 1

