@@ -14,22 +14,24 @@ HOOK=/usr/local/sbin/nvidia-container-runtime-hook
 say() { printf 'docker-up: %s\n' "$*"; }
 die() { printf 'docker-up: error: %s\n' "$*" >&2; exit 1; }
 
+# docker-compose (Debian's v1) only checks the rendered compose files in the tests.
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" -eq 0 ]; then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update </dev/null
+    apt-get install -y "${missing[@]}" </dev/null
+fi
+
 if docker info >/dev/null 2>&1; then
     say "engine already reachable; nothing to do"
     exit 0
 fi
 
 [ "$(id -u)" -eq 0 ] || die "no reachable Docker engine and not root: start dockerd yourself or rerun as root"
-
-missing=()
-command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-if [ "${#missing[@]}" -gt 0 ]; then
-    say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update </dev/null
-    apt-get install -y "${missing[@]}" </dev/null
-fi
 command -v dockerd >/dev/null 2>&1 || die "dockerd not found after installing docker.io"
 
 # The hook must exist before dockerd starts: the engine looks it up when it starts.
