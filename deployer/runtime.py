@@ -8,6 +8,10 @@ on disjoint GPUs start in parallel threads, services sharing a GPU one after ano
 only once the one before answers `GET /v1/models` with its key (vllm#55827: two engines
 profiling one GPU at once mis-size each other).
 
+A container starts with restart policy `no` and gets the spec's (`always`) once it is ready, so
+a failing start exits once with its own logs instead of crash-looping; a failed container is
+stopped and kept for `logs`, and the services that start after it on its GPU are not started.
+
 Functions take a `docker.DockerClient`; only the CLI builds one. docker.errors are turned into
 DeployError subclasses in one place, `docker_errors()`. Nothing here prints: progress goes to a
 callback, results come back as dataclasses.
@@ -67,6 +71,7 @@ STARTING = "starting"
 LOADING = "loading model"
 HEALTHY = "healthy"
 FAILED = "failed"
+NOT_STARTED = "not started"  # the service it starts after did not become ready
 
 ACTIONS = ("create", "recreate", "start", "restart", "noop", "remove")
 
@@ -473,6 +478,7 @@ def create_kwargs(
     check = spec.healthcheck
     return {
         "image": spec.image,
+        "entrypoint": list(spec.entrypoint) if spec.entrypoint else None,
         "command": list(spec.command),
         "name": spec.container_name,
         "environment": environment,
@@ -612,6 +618,23 @@ class _Run:
                     while not self.done[before].is_set():
                         self.report(service.name, WAITING, waited, f"for {before}")
                         self.sleep(self.poll_s)
+            failed = [b for b in service.start_after if not self._ok(b)]
+            if failed and action.kind != "noop":
+                # Its container would only wait in its start gate for a neighbour that is down.
+                message = (
+                    f"not started: it starts after {failed[0]} on a shared GPU, and "
+                    f"{failed[0]} did not become ready"
+                )
+                self.report(service.name, NOT_STARTED, time.monotonic(), message)
+                self.outcomes[service.name] = ServiceOutcome(
+                    service.name,
+                    action.kind,
+                    False,
+                    NOT_STARTED,
+                    message,
+                    started_s=time.monotonic() - self.t0,
+                )
+                return
             self.outcomes[service.name] = self._act(service, action)
         except _Cancelled:
             self.outcomes[service.name] = ServiceOutcome(
@@ -623,6 +646,10 @@ class _Run:
             )
         finally:
             self.done[service.name].set()
+
+    def _ok(self, service: str) -> bool:
+        outcome = self.outcomes.get(service)
+        return outcome is None or outcome.ok  # None: not part of this run
 
     def _act(self, service: ServicePlan, action: Action) -> ServiceOutcome:
         began = time.monotonic()
@@ -888,6 +915,16 @@ def restart(
             f"no container for {', '.join(missing)} in deployment {plan.deployment!r}",
             hint="`qwen-deploy up` creates it",
         )
+    for service in plan.services:
+        for before in service.start_after if service.name in chosen else ():
+            found = observed.get(before)
+            if before not in chosen and (found is None or found.state != "running"):
+                raise StateError(
+                    f"{service.name} starts after {before} on a shared GPU, and {before} is "
+                    f"{found.state if found else 'missing'}",
+                    hint=f"restart both (`qwen-deploy restart {before} {service.name}`) or run "
+                    "`qwen-deploy up`",
+                )
     actions = tuple(
         Action(s.name, "restart", "asked for", observed[s.name].name)
         for s in plan.services

@@ -9,7 +9,13 @@ import re
 from dataclasses import asdict, dataclass
 
 from deployer.planner import DeploymentPlan, ServicePlan
-from deployer.vllm_pin import CONTAINER_PORT, HF_CACHE_IN_CONTAINER, QUANTIZATION_FLAG
+from deployer.vllm_pin import (
+    CONTAINER_PORT,
+    HF_CACHE_IN_CONTAINER,
+    QUANTIZATION_FLAG,
+    STANDIN_ENTRYPOINT,
+    VLLM_ENTRYPOINT,
+)
 
 # docker compose's own label keys, so `docker compose -p NAME ps` lists our containers.
 LABEL_PROJECT = "com.docker.compose.project"
@@ -43,6 +49,27 @@ HEALTHCHECK_TEST = (
 )
 
 
+# Run before a co-tenant's engine: wait until the service it starts after is healthy, then
+# exec the image's entrypoint. `up` already orders starts; this gate keeps the order when
+# Docker restarts every container at once (engine restart, reboot), where two engines
+# profiling one GPU together would mis-size each other (vllm#55827).
+START_GATE = """\
+import os, sys, time, urllib.request
+url, command = sys.argv[1], sys.argv[2:]
+waited = 0
+while True:
+    try:
+        urllib.request.urlopen(url, timeout=5)
+        break
+    except Exception:
+        if waited % 30 == 0:
+            print(f"qwen-deploy: waiting for {url} before starting (shared GPU)", flush=True)
+        time.sleep(2)
+        waited += 2
+os.execvp(command[0], command)
+"""
+
+
 @dataclass(frozen=True)
 class Healthcheck:
     test: tuple[str, ...]
@@ -57,6 +84,7 @@ class ContainerSpec:
     service: str
     container_name: str
     image: str
+    entrypoint: tuple[str, ...] | None  # None: the image's own (`vllm serve`)
     command: tuple[str, ...]
     environment: tuple[tuple[str, str], ...]  # plain values, safe to write into compose.yaml
     secret_env: tuple[tuple[str, str], ...]  # container var -> variable in the .env file
@@ -77,9 +105,12 @@ class ContainerSpec:
         Secrets enter only as their own digests."""
         data = asdict(self)
         data.pop("labels")
+        # HF_TOKEN only matters for downloads: running `up` with or without it in the shell
+        # must not recreate every container.
         data["secret_digests"] = {
             var: hashlib.sha256(secret_values.get(var, "").encode()).hexdigest()
             for _, var in self.secret_env
+            if var != "HF_TOKEN"
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -165,11 +196,17 @@ def container_specs(plan: DeploymentPlan, deployment_dir: str) -> tuple[Containe
             LABEL_UTILIZATION: f"{service.gpu_memory_utilization:g}",
             LABEL_START_AFTER: ",".join(service.start_after),
         }
+        entrypoint = None
+        if service.start_after:
+            image_entrypoint = STANDIN_ENTRYPOINT if plan.engine == "stand-in" else VLLM_ENTRYPOINT
+            gate_url = f"http://{service.start_after[-1]}:{CONTAINER_PORT}/health"
+            entrypoint = ("python3", "-c", START_GATE, gate_url, *image_entrypoint)
         specs.append(
             ContainerSpec(
                 service=service.name,
                 container_name=f"{project}-{service.name}-1",
                 image=plan.image,
+                entrypoint=entrypoint,
                 command=vllm_args(service),
                 environment=tuple(sorted(environment.items())),
                 secret_env=(("VLLM_API_KEY", service.api_key_env), ("HF_TOKEN", "HF_TOKEN")),

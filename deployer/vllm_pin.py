@@ -12,6 +12,9 @@ VLLM_VERSION = "0.33.0"
 VLLM_IMAGE = f"vllm/vllm-openai:v{VLLM_VERSION}"
 STANDIN_IMAGE = f"qwen-deploy/vllm-standin:{VLLM_VERSION}"
 CONTAINER_PORT = 8000
+# The images' own entrypoints; the container command is the `vllm serve` arguments.
+VLLM_ENTRYPOINT = ("vllm", "serve")
+STANDIN_ENTRYPOINT = ("python3", "/opt/standin/server.py", "serve")
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
 
 # vllm/config/cache.py: gt=0, le=1. Since v0.21 CUDA-graph memory is profiled and counted

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "deployer.cli.cmd_plan",
     "deployer.cli.cmd_runtime",
     "deployer.cli.cmd_verify",
+    "deployer.cli.cmd_bench",
 )
 
 

@@ -32,6 +32,7 @@ _COLOURS = {
     "restarting": "yellow",
     "starting": "yellow",
     "loading model": "yellow",
+    "not started": "yellow",
     "created": "yellow",
     "paused": "yellow",
 }
@@ -128,7 +129,8 @@ def say_interrupted(board: Any) -> None:
 def echo_failures(result: ApplyResult) -> None:
     colour = stderr_colour()
     for outcome in result.failed:
-        click.echo(f"\n{paint('failed', colour)}: {outcome.service}: {outcome.message}", err=True)
+        stage = paint(outcome.stage, colour)
+        click.echo(f"\n{stage}: {outcome.service}: {outcome.message}", err=True)
         if outcome.log_excerpt:
             click.echo(f"  last log lines of {outcome.service}:", err=True)
             for line in outcome.log_excerpt:

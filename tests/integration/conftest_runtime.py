@@ -33,17 +33,19 @@ KEYS = {"medium": "test-key-medium", "mini": "test-key-mini", "micro": "test-key
 
 @pytest.fixture(scope="session")
 def engine() -> Any:
-    """The Docker engine, or a skip when there is none or the stand-in image is not built."""
-    docker = pytest.importorskip("docker")
+    """The Docker engine with the stand-in image; `make images` sets both up, so a missing
+    one is a setup failure, never a skip."""
+    import docker
+
     try:
         client = docker.from_env(timeout=120)
         client.ping()
     except Exception as exc:  # any failure to connect means: no engine here
-        pytest.skip(f"no Docker engine ({exc}); run scripts/docker-up.sh")
+        pytest.fail(f"no Docker engine ({exc}); run `make images` (scripts/docker-up.sh)")
     try:
         client.images.get(STANDIN_IMAGE)
     except docker.errors.ImageNotFound:
-        pytest.skip(f"{STANDIN_IMAGE} is not built; run `make images`")
+        pytest.fail(f"{STANDIN_IMAGE} is not built; run `make images`")
     return client
 
 
@@ -162,12 +164,16 @@ class Deployment:
 
 @pytest.fixture
 def deployment(engine: Any, tmp_path: Path) -> Iterator[Deployment]:
-    """A fresh deployment name; its containers and network are removed afterwards."""
-    from deployer import runtime
-
+    """A fresh deployment name; its containers and network are removed afterwards (with the
+    SDK directly, so cleanup does not depend on the code under test)."""
     name = f"rt-{uuid.uuid4().hex[:8]}"
     ports = dict(zip(("medium", "mini", "micro"), free_ports(3), strict=True))
     first_gpu = random.randrange(100, 1000, 3)
     yield Deployment(name, tmp_path / "home", engine, ports, first_gpu)
-    with contextlib.suppress(Exception):
-        runtime.down(engine, name)
+    label = {"label": f"com.docker.compose.project={name}"}
+    for container in engine.containers.list(all=True, filters=label):
+        with contextlib.suppress(Exception):
+            container.remove(force=True)
+    for network in engine.networks.list(names=[f"{name}_default"]):
+        with contextlib.suppress(Exception):
+            network.remove()

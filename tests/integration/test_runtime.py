@@ -154,21 +154,39 @@ def test_down_removes_containers_and_network_keeps_cache_and_directory(
 
 def test_a_crashing_service_does_not_take_the_others_down(deployment: Deployment) -> None:
     faulty = {"environment": {"STANDIN_FAULT": "crash_on_start", "STANDIN_LOAD_SECONDS": "1"}}
+    deployment.write_profile(micro=faulty)
+    result = deployment.up("--no-verify")
+    assert result.exit_code == ExitCode.DEPLOY, result.output
+    assert "error: micro did not become ready: the container exited with code 1" in result.stderr
+    assert "illegal memory access" in result.stderr  # the log lines that explain it
+    containers = deployment.containers()
+    micro = containers["micro"]
+    assert micro.status == "exited"  # stopped, not crash-looping, kept for `logs`
+    assert micro.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    for name in ("medium", "mini"):
+        assert containers[name].status == "running"
+        assert containers[name].attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+        assert _models(deployment.ports[name], KEYS[name]).status_code == 200
+    logs = deployment.cli("logs", "micro")
+    assert "illegal memory access" in logs.stdout
+    # Once the fault is gone, `up` recreates micro and leaves the others alone.
+    deployment.write_profile()
+    again = deployment.up("--no-verify")
+    assert again.exit_code == 0, again.output
+    assert deployment.containers()["micro"].status == "running"
+
+
+def test_a_failed_service_holds_back_the_one_that_starts_after_it(deployment: Deployment) -> None:
+    faulty = {"environment": {"STANDIN_FAULT": "crash_on_start", "STANDIN_LOAD_SECONDS": "1"}}
     deployment.write_profile(mini=faulty)
     result = deployment.up("--no-verify")
     assert result.exit_code == ExitCode.DEPLOY, result.output
-    assert "error: mini did not become ready" in result.stderr
-    assert "illegal memory access" in result.stderr  # the log line that explains it
+    assert "2 services did not become ready: mini: the container exited" in result.stderr
+    assert "micro: not started: it starts after mini on a shared GPU" in result.stderr
     containers = deployment.containers()
-    mini = containers["mini"]
-    assert mini.status == "exited"  # stopped, not crash-looping, kept for `logs`
-    assert mini.attrs["HostConfig"]["RestartPolicy"]["Name"] == "no"
-    # medium on its own GPUs, and micro after mini had failed and stopped, are serving.
-    for name in ("medium", "micro"):
-        assert containers[name].status == "running"
-        assert _models(deployment.ports[name], KEYS[name]).status_code == 200
-    logs = deployment.cli("logs", "mini")
-    assert "illegal memory access" in logs.stdout
+    assert containers["mini"].status == "exited"
+    assert "micro" not in containers
+    assert containers["medium"].status == "running"
 
 
 def test_status_after_a_container_is_killed(deployment: Deployment) -> None:
@@ -220,6 +238,11 @@ def test_logs_and_restart(deployment: Deployment) -> None:
     assert after.attrs["State"]["StartedAt"] > before.attrs["State"]["StartedAt"]
     assert _models(deployment.ports["mini"], KEYS["mini"]).status_code == 200
 
+    after.stop()
+    blocked = deployment.cli("restart", "micro")
+    assert blocked.exit_code == ExitCode.STATE
+    assert "micro starts after mini on a shared GPU, and mini is exited" in blocked.stderr
+
 
 # --- through the library, with plans the planner would refuse ----------------------------------
 
@@ -238,7 +261,8 @@ def _apply(deployment: Deployment, p: DeploymentPlan, **kw: Any) -> runtime.Appl
 
 
 def test_starting_gpu_neighbours_together_fails_like_vllm(deployment: Deployment) -> None:
-    planned = _library_plan(deployment)
+    slow = {"environment": {"STANDIN_LOAD_SECONDS": "4"}}  # load windows overlap even if busy
+    planned = _library_plan(deployment, mini=slow, micro=slow)
     # Drop the start order: mini and micro now load on one GPU at the same time (vllm#55827).
     racing = dataclasses.replace(
         planned, services=tuple(dataclasses.replace(s, start_after=()) for s in planned.services)

@@ -80,7 +80,9 @@ def build_tokenizer(directory: Path, vocab_size: int = 512) -> int:
         show_progress=False,
     )
     tokenizer.train_from_iterator([_CORPUS] * 4, trainer=trainer)
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
+    tokenizer.add_tokens(
+        [AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS]
+    )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",

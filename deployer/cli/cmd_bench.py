@@ -1,0 +1,548 @@
+"""`bench` (run, compare, list) and `tune`: measure what each tier delivers under load, and turn
+the measurements into settings."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from deployer import __version__
+from deployer.cli.common import AppContext, json_option, pass_app, print_json, table, use_color
+
+if TYPE_CHECKING:
+    from deployer.benchstats import BenchRun, Comparison, MetricDelta, Suggestion
+    from deployer.deployment import DeploymentDir
+    from deployer.loadgen import SweepProgress
+    from deployer.planner import DeploymentPlan
+
+DEFAULT_CONCURRENCY = "1,2,4,8,16,32"
+DEFAULT_PROMPTS = "128,1024,25%"
+
+
+class BenchGroup(click.Group):
+    """`bench [SERVICE…] [OPTIONS]` is `bench run …`: arguments that do not start with a
+    subcommand name (or ask for help) go to `run`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=BenchGroup, invoke_without_command=True)
+def bench() -> None:
+    """Measure each tier under load: throughput, TTFT, ITL, latency per concurrency.
+
+    `qwen-deploy bench [SERVICE…] [OPTIONS]` runs the sweep (it is `bench run`; see
+    `qwen-deploy bench run --help`); `bench list` shows saved runs; `bench compare A B`
+    prints what changed between two.
+
+    Example: qwen-deploy bench mini --concurrency 1,4,16 --prompt-tokens 512
+    """
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    from deployer.benchstats import BenchError, parse_int_list
+
+    try:
+        return parse_int_list(value, f"--{param.name}")
+    except BenchError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _prompt_specs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from deployer.benchstats import BenchError, parse_prompt_specs
+
+    try:
+        return parse_prompt_specs(value)
+    except BenchError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _inventory(plan: DeploymentPlan) -> dict[str, Any]:
+    """The GPUs the run is measured on: NVML now when the plan came from NVML, else (and when
+    NVML cannot be read) the inventory the plan was made for."""
+    from deployer.errors import InventoryError
+
+    if plan.inventory_source == "nvml":
+        try:
+            from deployer.nvml import read_inventory
+
+            return {"source": "nvml", **read_inventory().to_dict()}
+        except InventoryError:
+            pass
+    return {
+        "source": f"plan ({plan.inventory_source})",
+        "gpus": [asdict(g) for g in plan.gpus],
+    }
+
+
+def _progress_printer() -> tuple[Callable[[SweepProgress], None] | None, Callable[[], None]]:
+    """A one-line progress display on stderr when it is a terminal; and a function to clear it."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    width = [0]
+
+    def show(p: SweepProgress) -> None:
+        line = (
+            f"[{p.number}/{p.total}] {p.label}: {p.done}/{p.limit} requests, "
+            f"{p.elapsed_s:.0f}/{p.duration_s:.0f} s"
+        )
+        click.echo("\r" + line.ljust(width[0]), err=True, nl=False)
+        width[0] = max(width[0], len(line))
+
+    def clear() -> None:
+        if width[0]:
+            click.echo("\r" + " " * width[0] + "\r", err=True, nl=False)
+
+    return show, clear
+
+
+def render_run(run: BenchRun, path: Path) -> str:
+    """The terminal summary of a run: one row per point, errors, mixed-load findings, where."""
+    from deployer.benchreport import POINT_HEADERS, error_lines, point_row
+    from deployer.benchstats import interference, where_it_hurts
+
+    lines = [table(POINT_HEADERS, [point_row(p) for p in run.points])]
+    errors = error_lines(run.points)
+    if errors:
+        lines += ["", "errors:", *[f"  {e}" for e in errors]]
+    hurts = where_it_hurts(interference(run.points, run.shared()))
+    if hurts:
+        lines += ["", "mixed load:", *[f"  {h}" for h in hurts]]
+    for note in (*run.skipped, *run.notes):
+        lines.append(f"note: {note}")
+    lines += ["", f"run {run.run_id} saved in {path} (report.md, run.json, CSV, charts)"]
+    return "\n".join(lines)
+
+
+@bench.command("run")
+@click.argument("services", nargs=-1)
+@click.option(
+    "--concurrency",
+    "-c",
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    callback=_int_list,
+    help="Concurrent requests per service, comma-separated: one point each.",
+)
+@click.option(
+    "--prompt-tokens",
+    "-p",
+    default=DEFAULT_PROMPTS,
+    show_default=True,
+    callback=_prompt_specs,
+    help="Prompt lengths: tokens, a percentage of each service's context (25%), or max "
+    "(context minus --max-tokens). Exact on the stand-in; vLLM's own count is recorded.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Output tokens per request (sent with ignore_eos, so vLLM produces all of them).",
+)
+@click.option(
+    "--requests-per-point",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Requests per service per point [default: 4 per concurrent request, at least 16].",
+)
+@click.option(
+    "--duration-per-point",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds after which a point sends no new requests (running ones finish).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds one request may take before it counts as an error.",
+)
+@click.option("--mixed", is_flag=True, help="Also load all the services at once, point by point.")
+@click.option("--thinking", is_flag=True, help="Leave Qwen3 thinking on (off by default).")
+@click.option(
+    "--host",
+    default=None,
+    help="Host to reach the services at [default: each service's bind address, or "
+    "127.0.0.1 when it binds every interface].",
+)
+@json_option
+@pass_app
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    app: AppContext,
+    services: tuple[str, ...],
+    concurrency: tuple[int, ...],
+    prompt_tokens: tuple[str, ...],
+    max_tokens: int,
+    requests_per_point: int | None,
+    duration_per_point: float,
+    timeout_s: float,
+    mixed: bool,
+    thinking: bool,
+    host: str | None,
+    as_json: bool,
+) -> None:
+    """Sweep concurrency x prompt length against the deployment's endpoints and save the run.
+
+    Streams chat completions with the deployment's keys and measures, per request, time to
+    first token, inter-token latency, output tokens/s and end-to-end latency; saves JSON,
+    CSV, a Markdown report and charts under the deployment's bench/ folder. Ctrl-C stops
+    and keeps the points already measured.
+
+    Example: qwen-deploy bench mini micro --mixed --concurrency 1,2,4,8
+    """
+    import requests
+
+    from deployer.benchreport import bench_root, new_run_id, write_run
+    from deployer.benchstats import BenchError, BenchRun, plan_sweep
+    from deployer.endpoints import base_url_for
+    from deployer.loadgen import Endpoint, run_sweep
+
+    directory = app.deployment_dir
+    plan = directory.load_plan()
+    keys = directory.read_env()
+    chosen = [plan.service(n) for n in services] if services else list(plan.services)
+    chosen = list({s.name: s for s in chosen}.values())
+    for service in chosen:
+        if not keys.get(service.api_key_env):
+            raise BenchError(
+                f"no API key for {service.name} in the deployment's .env ({service.api_key_env})",
+                hint="run `qwen-deploy render` or `qwen-deploy up` again",
+            )
+    planned, skipped = plan_sweep(chosen, concurrency, prompt_tokens, max_tokens, mixed)
+    if not planned:
+        raise BenchError("nothing to measure: " + "; ".join(skipped))
+    endpoints = {s.name: Endpoint(s, base_url_for(s, host), keys[s.api_key_env]) for s in chosen}
+
+    def session_factory() -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = f"qwen-deploy/{__version__} bench"
+        return session
+
+    started = datetime.now(timezone.utc)
+    show, clear = _progress_printer()
+    try:
+        result = run_sweep(
+            endpoints,
+            planned,
+            session_factory,
+            max_tokens=max_tokens,
+            requests_per_point=requests_per_point,
+            duration_s=duration_per_point,
+            timeout_s=timeout_s,
+            thinking=thinking,
+            on_progress=show,
+        )
+    finally:
+        clear()
+    if not result.records:
+        click.echo("interrupted before any point was measured; nothing saved", err=True)
+        ctx.exit(130)
+    run = BenchRun(
+        run_id=new_run_id(started, bench_root(directory)),
+        deployment=plan.deployment,
+        started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        options={
+            "services": [s.name for s in chosen],
+            "concurrency": list(concurrency),
+            "prompt_tokens": list(prompt_tokens),
+            "max_tokens": max_tokens,
+            "requests_per_point": requests_per_point,
+            "duration_per_point_s": duration_per_point,
+            "timeout_s": timeout_s,
+            "mixed": mixed,
+            "thinking": thinking,
+            "host": host,
+        },
+        plan=plan.to_dict(),
+        inventory=_inventory(plan),
+        points=tuple(r.point for r in result.records),
+        skipped=skipped,
+        interrupted=result.interrupted,
+    )
+    path = write_run(directory, run, result.records)
+    if as_json:
+        print_json("bench-run", {"run_dir": str(path), **run.to_dict()})
+    else:
+        click.echo(render_run(run, path))
+    if result.interrupted:
+        click.echo(
+            f"interrupted during {result.interrupted}: {len(run.points)} point(s) measured "
+            f"before it are saved in {path}",
+            err=True,
+        )
+        ctx.exit(130)
+
+
+def _delta_cell(d: MetricDelta, color: bool) -> str:
+    def n(v: float | None) -> str:
+        if v is None:
+            return "-"
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.1f}"
+
+    change = d.change_pct
+    text = f"{n(d.a)} -> {n(d.b)}" + (f" ({change:+.0f}%)" if change is not None else "")
+    if color and d.better is not None and change is not None and abs(change) >= 5:
+        return click.style(text, fg="green" if d.better else "red")
+    return text
+
+
+def render_comparison(cmp: Comparison, a: BenchRun, b: BenchRun, color: bool = False) -> str:
+    from deployer.benchstats import COMPARED
+
+    lines = [
+        f"A: {a.run_id} ({a.engine}, {len(a.points)} points)   "
+        f"B: {b.run_id} ({b.engine}, {len(b.points)} points)"
+    ]
+    for label, changes in (("plan", cmp.settings), ("GPUs", cmp.inventory)):
+        lines += [f"{label} changed: {c}" for c in changes]
+    if not cmp.settings and not cmp.inventory:
+        lines.append("same plan and GPUs")
+    lines.append("")
+    if cmp.points:
+        headers = [
+            "SERVICE",
+            "MODE",
+            "CONC",
+            "PROMPT",
+            *[title.upper() for _, title, _ in COMPARED],
+        ]
+        rows = [
+            [p.service, p.mode, str(p.concurrency), str(p.prompt_target)]
+            + [_delta_cell(p.metric(name), color) for name, _, _ in COMPARED]
+            for p in cmp.points
+        ]
+        lines.append(table(headers, rows))
+    else:
+        lines.append("no point was measured in both runs")
+    for label, only in (("only in A", cmp.only_a), ("only in B", cmp.only_b)):
+        if only:
+            lines.append(f"{label}: {'; '.join(only)}")
+    return "\n".join(lines)
+
+
+@bench.command("compare")
+@click.argument("run_a", default="previous")
+@click.argument("run_b", default="latest")
+@json_option
+@pass_app
+def compare_cmd(app: AppContext, run_a: str, run_b: str, as_json: bool) -> None:
+    """Print how two saved runs differ, point by point, and what changed in plan and GPUs.
+
+    RUN_A and RUN_B are run ids (or unique prefixes), `latest` or `previous`; without them,
+    the previous run is compared with the latest.
+
+    Example: qwen-deploy bench compare 20250131-140502 latest
+    """
+    from deployer.benchreport import load_run
+    from deployer.benchstats import compare_runs
+
+    directory = app.deployment_dir
+    a, b = load_run(directory, run_a), load_run(directory, run_b)
+    cmp = compare_runs(a, b)
+    if as_json:
+        print_json("bench-compare", cmp.to_dict())
+    else:
+        click.echo(render_comparison(cmp, a, b, color=use_color()))
+
+
+@bench.command("list")
+@json_option
+@pass_app
+def list_cmd(app: AppContext, as_json: bool) -> None:
+    """List the saved bench runs of the deployment, oldest first.
+
+    Example: qwen-deploy bench list
+    """
+    from deployer.benchreport import bench_root, list_runs
+
+    directory = app.deployment_dir
+    runs = list_runs(directory)
+    if as_json:
+        print_json(
+            "bench-list",
+            {
+                "directory": str(bench_root(directory)),
+                "runs": [
+                    {
+                        "run_id": r.run_id,
+                        "started_at": r.started_at,
+                        "engine": r.engine,
+                        "services": list(r.services),
+                        "points": len(r.points),
+                        "mixed": bool(r.options.get("mixed")),
+                        "interrupted": r.interrupted,
+                    }
+                    for r in runs
+                ],
+            },
+        )
+        return
+    if not runs:
+        click.echo(f"no bench runs in {bench_root(directory)}; run `qwen-deploy bench`")
+        return
+    rows = [
+        [
+            r.run_id,
+            r.started_at,
+            r.engine,
+            ",".join(r.services),
+            str(len(r.points)),
+            "yes" if r.options.get("mixed") else "no",
+            "interrupted" if r.interrupted else "",
+        ]
+        for r in runs
+    ]
+    click.echo(table(["RUN", "STARTED", "ENGINE", "SERVICES", "POINTS", "MIXED", "NOTE"], rows))
+
+
+# --- tune ---------------------------------------------------------------------------------------
+
+
+def _find_run(directory: DeploymentDir, service: str, ref: str | None) -> BenchRun:
+    from deployer.benchreport import list_runs, load_run
+    from deployer.benchstats import BenchError
+
+    if ref is not None:
+        return load_run(directory, ref)
+    for run in reversed(list_runs(directory)):
+        if any(p.service == service and p.ok for p in run.points):
+            return run
+    raise BenchError(
+        f"no bench run has measured {service}",
+        hint=f"run `qwen-deploy bench {service}` first",
+    )
+
+
+def _value(v: float) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def render_suggestions(suggestions: list[Suggestion], notes: list[str]) -> str:
+    rows = [
+        [s.setting, _value(s.current), _value(s.suggested) if s.changed else "(keep)"]
+        for s in suggestions
+    ]
+    lines = [table(["SETTING", "CURRENT", "SUGGESTED"], rows), ""]
+    for s in suggestions:
+        lines.append(
+            click.wrap_text(
+                f"{s.setting}: {s.reason}.", width=100, subsequent_indent="  ", initial_indent=""
+            )
+        )
+    lines += ["", *notes]
+    return "\n".join(line for line in lines).rstrip("\n")
+
+
+@click.command()
+@click.argument("service")
+@click.option(
+    "--run",
+    "run_ref",
+    default=None,
+    help="Bench run to use: an id, `latest` or `previous` [default: the latest run that "
+    "measured SERVICE].",
+)
+@click.option(
+    "--prompt-tokens",
+    "prompt_target",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Use the points of this prompt length [default: the one measured at most "
+    "concurrency levels].",
+)
+@click.option(
+    "--write-profile",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Write the changed settings into this profile YAML (the old file is kept as .bak).",
+)
+@json_option
+@pass_app
+def tune(
+    app: AppContext,
+    service: str,
+    run_ref: str | None,
+    prompt_target: int | None,
+    write_profile: Path | None,
+    as_json: bool,
+) -> None:
+    """Suggest max_num_seqs, context and gpu_memory_utilization for SERVICE from a bench run.
+
+    Each suggestion is explained in numbers: the measured throughput knee, TTFT and ITL
+    growth, the plan's KV capacity and the KV usage measured. --write-profile applies them.
+
+    Example: qwen-deploy tune mini --write-profile profiles/tri-tier.yaml
+    """
+    from deployer.benchstats import choose_curve, suggest
+    from deployer.deployment import plan_from_dict
+    from deployer.profile_edit import write_service_settings
+
+    directory = app.deployment_dir
+    current = directory.load_plan().service(service)
+    name = current.name
+    run = _find_run(directory, name, run_ref)
+    measured_plan = plan_from_dict(run.plan)
+    measured = measured_plan.service(name)
+    suggestions = suggest(measured_plan, name, run.points, prompt_target)
+    curve = choose_curve(run.points, name, prompt_target)
+    notes = [
+        f"from run {run.run_id} ({run.engine}): {curve[0].mode} points at prompt "
+        f"{curve[0].prompt_target} tokens, concurrency "
+        f"{', '.join(str(p.concurrency) for p in curve)}"
+    ]
+    changed = [
+        f"{key} {getattr(measured, key)} -> {getattr(current, key)}"
+        for key in ("max_num_seqs", "max_model_len", "gpu_memory_utilization", "kv_cache_tokens")
+        if getattr(measured, key) != getattr(current, key)
+    ]
+    if changed:
+        notes.append(
+            f"the plan changed since that run ({', '.join(changed)}): the suggestions are "
+            f"relative to what was measured; bench {name} again to tune the current plan"
+        )
+    written: dict[str, Any] | None = None
+    if write_profile is not None:
+        settings = {s.setting: s.suggested for s in suggestions if s.changed}
+        if settings:
+            backup = write_service_settings(write_profile, name, settings)
+            written = {"file": str(write_profile), "backup": str(backup), "settings": settings}
+            notes.append(
+                f"wrote {write_profile}: "
+                + ", ".join(f"services.{name}.{k}: {_value(v)}" for k, v in settings.items())
+                + f" (previous file: {backup}); check with `qwen-deploy plan --profile "
+                f"{write_profile}`, apply with `qwen-deploy up --profile {write_profile}`"
+            )
+        else:
+            notes.append(f"nothing written to {write_profile}: every setting is kept")
+    if as_json:
+        print_json(
+            "tune",
+            {
+                "service": name,
+                "run_id": run.run_id,
+                "prompt_target": curve[0].prompt_target,
+                "suggestions": [s.to_dict() for s in suggestions],
+                "written": written,
+                "notes": notes,
+            },
+        )
+    else:
+        click.echo(render_suggestions(suggestions, notes))
+
+
+COMMANDS = [bench, tune]
