@@ -324,6 +324,7 @@ def test_compose_file_is_valid_for_compose_v2(
     catalog: Catalog, box: str, profile: str, engine: str
 ) -> None:
     import jsonschema  # a dev dependency: see pyproject.toml
+
     compose = _compose(_plan(box, profile, catalog, engine=engine))
     errors = [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"

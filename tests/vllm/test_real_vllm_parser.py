@@ -63,15 +63,15 @@ class RealVllm:
     def engine_config(self, argv: tuple[str, ...] | list[str]) -> Any:
         return self.engine_args(self.parse(argv)).create_engine_config()
 
-    def outcome(self, argv: tuple[str, ...] | list[str]) -> str:
-        """'ok', 'exit 2' (usage error) or 'exit 1' (start-up error), as `vllm serve` ends."""
+    def outcome(self, argv: tuple[str, ...] | list[str]) -> tuple[str, str]:
+        """How `vllm serve ARGV` ends: ('ok' | 'exit 2' (usage) | 'exit 1' (start-up), why)."""
         try:
             self.engine_config(argv)
         except SystemExit as exc:
-            return f"exit {exc.code}"
-        except Exception:
-            return "exit 1"
-        return "ok"
+            return f"exit {exc.code}", ""
+        except Exception as exc:
+            return "exit 1", f"{type(exc).__name__}: {exc}"
+        return "ok", ""
 
 
 @pytest.fixture(scope="session")
@@ -211,23 +211,29 @@ def _with(flag: str, value: str) -> list[str]:
     return [*args, flag, value]
 
 
-# (name, arguments, how `vllm serve` of the pinned release ends)
-BAD_COMMANDS: list[tuple[str, list[str], str]] = [
-    ("unknown-flag", [*_base_args(), "--no-such-flag", "1"], "exit 2"),
-    ("removed-enable-reasoning", [*_base_args(), "--enable-reasoning"], "exit 2"),
-    ("removed-rope-scaling", _with("--rope-scaling", '{"rope_type":"yarn","factor":2}'), "exit 2"),
-    ("utilization-above-1", _with("--gpu-memory-utilization", "1.5"), "exit 1"),
-    ("utilization-zero", _with("--gpu-memory-utilization", "0"), "exit 1"),
-    ("bad-kv-cache-dtype", _with("--kv-cache-dtype", "fp9"), "exit 1"),
-    ("bad-quantization", _with("--quantization", "awq4"), "exit 1"),  # no argparse choices
-    ("tp-not-a-number", _with("--tensor-parallel-size", "two"), "exit 2"),
-    ("bad-json-override", _with("--override-generation-config", "{temperature: 0.6"), "exit 2"),
-    ("context-beyond-config", _with("--max-model-len", "131072"), "exit 1"),
-    ("quantization-mismatch", _with("--quantization", "fp8"), "exit 1"),
-    ("tp-not-dividing-heads", _with("--tensor-parallel-size", "3"), "exit 1"),
-    ("unknown-reasoning-parser", _with("--reasoning-parser", "qwen9"), "exit 1"),
-]
-
+# (name, arguments, how `vllm serve` of the pinned release ends, what its error says)
+BAD_COMMANDS: list[tuple[str, list[str], str, str]] = [
+    ("unknown-flag", [*_base_args(), "--no-such-flag", "1"], "exit 2", ""),
+    ("removed-enable-reasoning", [*_base_args(), "--enable-reasoning"], "exit 2", ""),
+    ("removed-rope-scaling", _with("--rope-scaling", '{"rope_type":"yarn"}'), "exit 2", ""),
+    ("utilization-above-1", _with("--gpu-memory-utilization", "1.5"), "exit 1",
+     "Input should be less than or equal to 1"),
+    ("utilization-zero", _with("--gpu-memory-utilization", "0"), "exit 1",
+     "Input should be greater than 0"),
+    ("bad-kv-cache-dtype", _with("--kv-cache-dtype", "fp9"), "exit 1", "fp9"),
+    # --quantization has no argparse choices: the checkpoint's config decides.
+    ("bad-quantization", _with("--quantization", "awq4"), "exit 1", "does not match"),
+    ("tp-not-a-number", _with("--tensor-parallel-size", "two"), "exit 2", ""),
+    ("bad-json-override", _with("--override-generation-config", "{temperature: 0.6"), "exit 2",
+     ""),
+    ("context-beyond-config", _with("--max-model-len", "131072"), "exit 1",
+     "greater than the derived max_model_len"),
+    ("quantization-mismatch", _with("--quantization", "fp8"), "exit 1", "does not match"),
+    ("tp-not-dividing-heads", _with("--tensor-parallel-size", "3"), "exit 1",
+     "must be divisible by tensor parallel size"),
+    ("unknown-reasoning-parser", _with("--reasoning-parser", "qwen9"), "exit 1", "qwen9"),
+]  # fmt: skip
+BAD_IDS = [n for n, *_ in BAD_COMMANDS]
 
 # Where the CPU build (older than the pin) ends differently; the stand-in follows the pin.
 BEFORE_PIN: dict[str, str] = {
@@ -258,17 +264,20 @@ def test_real_parser_exits_2_on_an_unknown_flag(
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, argv, pinned", BAD_COMMANDS, ids=[n for n, _, _ in BAD_COMMANDS])
+@pytest.mark.parametrize("name, argv, pinned, says", BAD_COMMANDS, ids=BAD_IDS)
 def test_real_vllm_rejects_bad_commands(
-    real_vllm: RealVllm, name: str, argv: list[str], pinned: str
+    real_vllm: RealVllm, name: str, argv: list[str], pinned: str, says: str
 ) -> None:
-    assert real_vllm.outcome(argv) == _expected_from_real(name, pinned)
+    code, why = real_vllm.outcome(argv)
+    assert code == _expected_from_real(name, pinned), why
+    assert says in why
 
 
 @pytest.mark.parametrize(
     "name, argv, pinned",
-    [(n, list(vllm_args(s)), "ok") for n, s in sorted(SERVICES.items())] + BAD_COMMANDS,
-    ids=sorted(SERVICES) + [n for n, _, _ in BAD_COMMANDS],
+    [(n, list(vllm_args(s)), "ok") for n, s in sorted(SERVICES.items())]
+    + [(n, a, p) for n, a, p, _ in BAD_COMMANDS],
+    ids=sorted(SERVICES) + BAD_IDS,
 )
 def test_standin_and_real_vllm_agree_on_acceptance(
     real_vllm: RealVllm,
@@ -277,9 +286,9 @@ def test_standin_and_real_vllm_agree_on_acceptance(
     argv: list[str],
     pinned: str,
 ) -> None:
-    real = real_vllm.outcome(argv)
+    real, why = real_vllm.outcome(argv)
     if real != _expected_from_real(name, pinned):
-        pytest.fail(f"real vLLM ended with {real}; see test_real_vllm_rejects_bad_commands")
+        pytest.fail(f"real vLLM ended with {real} ({why}); see the tests above")
     # The stand-in imitates the pinned release, which may differ from the CPU build here.
     assert standin_outcome(argv) == pinned
 
