@@ -277,13 +277,25 @@ def to_markdown(run: BenchRun, charts: Sequence[str]) -> str:
             if s["name"] in run.services
         ],
     )
-    headers = [h.title().replace("P50/95/99", "p50/95/99") for h in POINT_HEADERS]
+    headers = [
+        "Mode",
+        "Conc",
+        "Prompt",
+        "OK/req",
+        "tok/s",
+        "req/s",
+        "Decode tok/s",
+        "TTFT ms p50/95/99",
+        "ITL ms p50/95/99",
+        "E2E ms p50/95/99",
+        "KV peak",
+    ]
     for service in run.services:
         out += [f"## {service}", ""]
         if f"{service}.png" in charts:
             out += [f"![{service}: throughput and latency by concurrency]({service}.png)", ""]
         mine = [p for p in run.points if p.service == service]
-        out += _md_table(headers, [point_row(p) for p in mine])
+        out += _md_table(headers, [point_row(p)[1:] for p in mine])
         errors = error_lines(mine)
         if errors:
             out += ["Errors:", "", *[f"- {line}" for line in errors], ""]
@@ -350,29 +362,33 @@ def render_charts(run: BenchRun, folder: Path) -> list[str]:
             ("inter-token latency p50 (ms)", lambda p: p.itl_ms.p50),
         )
         levels = sorted({p.concurrency for p in mine})
+        prompts = sorted({p.prompt_target for p in mine})
         for ax, (title, value) in zip(axes, panels, strict=True):
+            top = 0.0
             for mode in ("solo", "mixed"):
-                for prompt in sorted({p.prompt_target for p in mine if p.mode == mode}):
+                for prompt in prompts:
                     line = sorted(
                         (p for p in mine if p.mode == mode and p.prompt_target == prompt),
                         key=lambda p: p.concurrency,
                     )
-                    xs = [p.concurrency for p in line if value(p) is not None]
-                    ys = [value(p) for p in line if value(p) is not None]
-                    if xs:
-                        ax.plot(
-                            xs,
-                            ys,
-                            marker="o",
-                            linestyle="-" if mode == "solo" else "--",
-                            label=f"{mode}, prompt {prompt}",
-                        )
+                    xy = [(p.concurrency, y) for p in line if (y := value(p)) is not None]
+                    if not xy:
+                        continue
+                    top = max(top, *(y for _, y in xy))
+                    ax.plot(
+                        [x for x, _ in xy],
+                        [y for _, y in xy],
+                        marker="o",
+                        color=f"C{prompts.index(prompt) % 10}",
+                        linestyle="-" if mode == "solo" else "--",
+                        label=f"{mode}, prompt {prompt}",
+                    )
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("concurrent requests")
             if len(levels) > 1:
                 ax.set_xscale("log", base=2)
             ax.set_xticks(levels, [str(c) for c in levels])
-            ax.set_ylim(bottom=0)
+            ax.set_ylim(0, top * 1.12 or 1)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         model = next(

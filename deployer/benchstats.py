@@ -382,7 +382,10 @@ class BenchRun:
             "skipped": list(self.skipped),
             "notes": list(self.notes),
             "points": [p.to_dict() for p in self.points],
-            "interference": [asdict(i) for i in interference(self.points, self.shared())],
+            "interference": [
+                {**asdict(i), "shares_gpu_with": list(i.shares_gpu_with)}
+                for i in interference(self.points, self.shared())
+            ],
             "plan": self.plan,
             "inventory": self.inventory,
         }
@@ -502,7 +505,7 @@ def where_it_hurts(rows: Sequence[Interference]) -> list[str]:
         if first is None:
             top = mine[-1]
             lines.append(
-                f"{service}{gpu}: mixed load stays within 10 % of solo up to concurrency "
+                f"{service}{gpu}: mixed load stays within 10% of solo up to concurrency "
                 f"{top.concurrency} ({_num(top.solo_tps)} -> {_num(top.mixed_tps)} tok/s)"
             )
             continue
@@ -706,7 +709,7 @@ def _ms(value: float | None) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.0f} %"
+    return "-" if value is None else f"{value * 100:.0f}%"
 
 
 def _curve_text(curve: Sequence[Point]) -> str:
@@ -762,7 +765,7 @@ def _suggest_seqs(service: ServicePlan, curve: Sequence[Point]) -> Suggestion:
     if knee is top and last_gain is not None and last_gain >= 1 / KNEE_FRACTION:
         suggested = cap
         why = (
-            f"{head}: still +{(last_gain - 1) * 100:.0f} % from {before.concurrency} to "
+            f"{head}: still +{(last_gain - 1) * 100:.0f}% from {before.concurrency} to "
             f"{top.concurrency}, no knee in the measured range; bench higher concurrency "
             f"(--concurrency …,{top.concurrency * 2},{top.concurrency * 4}) before changing "
             f"max_num_seqs {cap}"
@@ -775,12 +778,14 @@ def _suggest_seqs(service: ServicePlan, curve: Sequence[Point]) -> Suggestion:
             f"at {top.concurrency}) because requests above {cap} wait ({ttft_growth}{waiting})"
         )
         if itl_growth is not None and itl_growth < SATURATED_ITL_GROWTH:
-            suggested = min(kv_fit, max(2 * cap, top.concurrency))
+            wanted = max(2 * cap, top.concurrency)
+            suggested = min(kv_fit, wanted)
+            capped = f" (not {wanted}: no more fit)" if suggested < wanted else ""
             why = (
                 f"{limited}, while ITL p50 with {knee.concurrency} running is "
                 f"{_ms(knee.itl_ms.p50)} against {_ms(base.itl_ms.p50)} for one request "
                 f"({itl_growth:.2f}x): the engine is not saturated, so more sequences should "
-                f"add throughput; {kv_text} -> {suggested}, then bench again"
+                f"add throughput; {kv_text} -> {suggested}{capped}, then bench again"
             )
         else:
             suggested = cap
@@ -798,10 +803,7 @@ def _suggest_seqs(service: ServicePlan, curve: Sequence[Point]) -> Suggestion:
             f"{_ms(knee.itl_ms.p50)} -> {_ms(top.itl_ms.p50)} and {ttft_growth}: "
             f"max_num_seqs {suggested} keeps running requests fast and queues the rest"
         )
-    if suggested > kv_fit:
-        suggested = kv_fit
-        why += f"; capped at {kv_fit} because {kv_text}"
-    elif kv_text not in why:
+    if kv_text not in why:
         why += f" ({kv_text})"
     return Suggestion("max_num_seqs", cap, max(1, suggested), why)
 
@@ -891,7 +893,12 @@ def _gpu_room(plan: DeploymentPlan, service: ServicePlan) -> tuple[int, int]:
 
 
 def _suggest_memory(
-    plan: DeploymentPlan, service: ServicePlan, points: Sequence[Point], context: int
+    plan: DeploymentPlan,
+    service: ServicePlan,
+    points: Sequence[Point],
+    context: int,
+    concurrency: int,
+    per_request: float,
 ) -> Suggestion:
     current = service.gpu_memory_utilization
     mine = [p for p in points if p.service == service.name and p.kv_usage_peak is not None]
@@ -918,57 +925,76 @@ def _suggest_memory(
     neighbours = sorted(
         {s.name for s in plan.services if set(s.gpus) & set(service.gpus)} - {service.name}
     )
-    where = f"GPU {','.join(map(str, service.gpus))}" + (
-        f" (shared with {', '.join(neighbours)})" if neighbours else ""
-    )
+    where = f"GPU {','.join(map(str, service.gpus))}"
     measured = (
-        f"peak KV-cache usage {peak * 100:.1f} % of {kv_tokens:,} tokens = {peak_tokens:,.0f} "
+        f"peak KV-cache usage {peak * 100:.1f}% of {kv_tokens:,} tokens = {peak_tokens:,.0f} "
         f"tokens (at {peak_point.label})"
     )
-    if peak >= 0.9:
+    batch = math.ceil(concurrency * per_request)
+    need = max(context, batch, math.ceil(peak_tokens * KV_HEADROOM))
+    need = math.ceil(need / KV_BLOCK_SIZE) * KV_BLOCK_SIZE
+    fits = math.ceil((fixed + need * per_token) / total * 1000) / 1000
+    sizing = (
+        f"the KV cache must hold one full-context request ({context:,} tokens, or vLLM will "
+        f"not start), {concurrency} concurrent requests of the measured size ({concurrency} x "
+        f"{per_request:,.0f} = {batch:,} tokens) and the peak +25% "
+        f"({math.ceil(peak_tokens * KV_HEADROOM):,}): {need:,} tokens"
+    )
+    if peak >= 0.9 or need > kv_tokens:
+        cause = (
+            f"{measured}: the KV cache limits concurrency"
+            if peak >= 0.9
+            else f"{measured}; {sizing}, more than the {kv_tokens:,} it holds"
+        )
         room, index = _gpu_room(plan, service)
-        if room >= 256 * 1024**2:
-            suggested = math.floor((current * total + room) / total * 1000) / 1000
-            added = int((suggested - current) * total // per_token)
+        other = " or a neighbour's fraction" if neighbours else ""
+        if room < 256 * 1024**2:
             return Suggestion(
                 "gpu_memory_utilization",
                 current,
-                suggested,
-                f"{measured}: the KV cache limits concurrency; GPU {index} has "
-                f"{room / GIB:.1f} GiB no service asks for, {current} -> {suggested} adds about "
-                f"{added:,} KV tokens",
+                current,
+                f"{cause}, but GPU {index} has no unclaimed memory ({room / GIB:.1f} GiB): "
+                f"lower max_num_seqs{other}"
+                f", or use kv_cache_dtype fp8; keep {current}",
             )
-        return Suggestion(
-            "gpu_memory_utilization",
-            current,
-            current,
-            f"{measured}: the KV cache limits concurrency, but GPU {index} has no unclaimed "
-            f"memory ({room / GIB:.1f} GiB); lower a neighbour's fraction or use "
-            f"kv_cache_dtype fp8; keep {current}",
-        )
-    need = max(context, math.ceil(peak_tokens * KV_HEADROOM))
-    need = math.ceil(need / KV_BLOCK_SIZE) * KV_BLOCK_SIZE
-    suggested = math.ceil((fixed + need * per_token) / total * 1000) / 1000
-    freed = (current - suggested) * total
-    why = (
-        f"{measured}; one full-context request needs {context:,} tokens (vLLM will not start "
-        f"below that); KV for max({context:,}, peak x {KV_HEADROOM}) = {need:,} tokens is "
-        f"{need * per_token / GIB:.2f} GiB + {fixed / GIB:.2f} GiB weights and overheads"
-    )
-    if need < 0.75 * kv_tokens and current - suggested >= 0.01:
+        most = math.floor((current * total + room) / total * 1000) / 1000
+        suggested = min(most, fits) if need > kv_tokens else most
+        added = int((suggested - current) * total // per_token)
         return Suggestion(
             "gpu_memory_utilization",
             current,
             suggested,
-            f"{why} = {suggested} of the GPU instead of {current}, freeing "
-            f"{freed / GIB:.1f} GiB on {where}. The measured load is the bench's; keep more if "
-            "real traffic holds longer contexts",
+            f"{cause}; GPU {index} has {room / GIB:.1f} GiB no service asks for: {current} -> "
+            f"{suggested} adds about {added:,} KV tokens",
+        )
+    suggested = fits
+    why = (
+        f"{measured}; {sizing} = {need * per_token / GIB:.2f} GiB, + {fixed / GIB:.2f} GiB "
+        f"weights and overheads = {suggested} of the GPU"
+    )
+    if not neighbours:
+        return Suggestion(
+            "gpu_memory_utilization",
+            current,
+            current,
+            f"{why}; {where} is not shared, so the spare KV cache costs nothing and serves "
+            f"longer or more requests: keep {current}",
+        )
+    if need < 0.75 * kv_tokens and current - suggested >= 0.01:
+        freed = (current - suggested) * total
+        return Suggestion(
+            "gpu_memory_utilization",
+            current,
+            suggested,
+            f"{why}, not {current}: frees {freed / GIB:.1f} GiB on {where} for "
+            f"{', '.join(neighbours)} (planned with `auto`, they take it). The measured load is "
+            "the bench's: keep more if real traffic holds longer contexts",
         )
     return Suggestion(
         "gpu_memory_utilization",
         current,
         current,
-        f"{why}: the current {current} leaves little to free; keep it",
+        f"{why}; the current {current} leaves little to free: keep it",
     )
 
 
@@ -984,5 +1010,8 @@ def suggest(
     curve = choose_curve(points, service.name, prompt_target)
     seqs = _suggest_seqs(service, curve)
     context, new_context = _suggest_context(service, points, int(seqs.suggested))
-    memory = _suggest_memory(plan, service, points, new_context)
+    per_request = max(p.tokens_per_request for p in curve)
+    # Size the KV cache for the concurrency that was measured, not an unmeasured default (256).
+    load = min(int(seqs.suggested), curve[-1].concurrency)
+    memory = _suggest_memory(plan, service, points, new_context, load, per_request)
     return [seqs, context, memory]

@@ -29,6 +29,7 @@ ENV_FILE = ".env"
 PLAN_FILE = "plan.json"
 LOCK_FILE = ".lock"
 STATE_FILE = "state.json"  # last verification results, written by `verify`
+API_KEY_VAR_PREFIX = "QWEN_DEPLOY_API_KEY_"  # ServicePlan.api_key_env
 
 
 def default_home() -> Path:
@@ -90,7 +91,16 @@ class DeploymentDir:
         path = self.file(ENV_FILE)
         if not path.is_file():
             return {}
-        return parse_env(path.read_text(), str(path))
+        env = parse_env(path.read_text(), str(path))
+        for name, value in env.items():
+            # A hand-edited key would break compose's .env parsing or the Authorization header.
+            if name.startswith(API_KEY_VAR_PREFIX) and not API_KEY_PATTERN.match(value):
+                raise StateError(
+                    f"{path}: {name} is not a usable API key (8-256 of letters, digits and "
+                    "._~+/=-, no quotes or spaces)",
+                    hint="fix that line, or delete it and `qwen-deploy render` writes a new key",
+                )
+        return env
 
     def load_state(self) -> dict[str, Any]:
         path = self.file(STATE_FILE)
@@ -162,7 +172,10 @@ def parse_env(text: str, source: str) -> dict[str, str]:
             continue
         name, sep, value = line.partition("=")
         if not sep or not name.strip().isidentifier():
-            raise StateError(f"{source}:{number}: expected NAME=value")
+            raise StateError(
+                f"{source}:{number}: expected NAME=value",
+                hint="fix that line, or delete the file and `qwen-deploy render` writes it again",
+            )
         env[name.strip()] = value.strip()
     return env
 
@@ -178,13 +191,23 @@ def resolve_api_keys(
     profile: Profile,
     existing: Mapping[str, str],
     environ: Mapping[str, str],
+    allow_unauthenticated: bool = False,
 ) -> dict[str, str]:
     """One key per service: from the profile, from the named environment variable, the one
-    already in the deployment's .env, or a new random one."""
+    already in the deployment's .env, or a new random one. A service with `auth: none` gets
+    none, and only when the caller confirms it (`--allow-unauthenticated`)."""
     keys: dict[str, str] = {}
     for service in plan.services:
         spec = profile.service(service.name)
         var = service.api_key_env
+        if service.auth == "none":
+            if not allow_unauthenticated:
+                raise ProfileError(
+                    f"{profile.source}: services.{service.name}.auth: none would serve "
+                    f"{service.bind}:{service.port} without an API key",
+                    hint="pass --allow-unauthenticated to confirm, or remove `auth: none`",
+                )
+            continue
         if spec.api_key:
             key = spec.api_key
         elif spec.api_key_env:

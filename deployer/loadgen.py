@@ -37,7 +37,8 @@ SessionFactory = Callable[[], requests.Session]
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A service to load: its plan (model name, sampling), server root URL and API key."""
+    """A service to load: its plan (model name, sampling), server root URL and API key ("" for
+    a service planned without one)."""
 
     service: ServicePlan
     base_url: str
@@ -129,7 +130,7 @@ def stream_once(
         response = session.post(
             endpoint.base_url + "/v1/chat/completions",
             json=chat_request(load, prompt),
-            headers={"Authorization": f"Bearer {endpoint.api_key}"},
+            headers={"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {},
             stream=True,
             timeout=(CONNECT_TIMEOUT_S, load.timeout_s),
         )

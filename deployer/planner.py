@@ -40,6 +40,7 @@ MAX_UTILIZATION = 0.95
 class PlanOptions:
     deployment: str = "qwen3"
     engine: str = "vllm"  # "vllm" or "stand-in"
+    image: str | None = None  # None: the image the engine pins (vllm_pin)
     margin_min_bytes: int = MARGIN_MIN_BYTES
     margin_fraction: float = MARGIN_FRACTION
 
@@ -90,6 +91,7 @@ class ServicePlan:
     extra_args: tuple[str, ...]
     environment: tuple[tuple[str, str], ...]
     utilization_planned: bool  # False when the profile fixed gpu_memory_utilization
+    auth: str = "key"  # "none": no API key (the profile said so and up/render confirmed it)
 
     @property
     def api_key_env(self) -> str:
@@ -211,7 +213,8 @@ def _place(profile: Profile, inventory: GpuInventory) -> dict[str, tuple[int, ..
             continue
         for position, index in enumerate(spec.gpus):
             if index not in indices:
-                raise ProfileError(
+                # The profile is fine; this box lacks the GPU: "does not fit", like gpu_count.
+                raise PlanError(
                     f"{profile.source}: services.{spec.name}.gpus[{position}]: GPU {index} does "
                     f"not exist; this box has GPUs {inventory.indices_text()}",
                     hint=f"profile {profile.name!r} needs {profile.gpus_needed} GPU(s)",
@@ -329,15 +332,17 @@ def plan(
     _size_utilizations(drafts, by_index, options, catalog, inventory)
     services = tuple(_finish(d, by_index) for d in drafts)
     services = _order(services)
-    warnings = tuple(f"{d.spec.name}: {n}" for d in drafts for n in d.notes) + _shared_gpu_warnings(
-        services
+    warnings = (
+        tuple(f"{d.spec.name}: {n}" for d in drafts for n in d.notes)
+        + _shared_gpu_warnings(services)
+        + _exposure_warnings(services)
     )
     return DeploymentPlan(
         deployment=options.deployment,
         profile=profile.name,
         profile_source=profile.source,
         engine=options.engine,
-        image=STANDIN_IMAGE if options.engine == "stand-in" else VLLM_IMAGE,
+        image=options.image or (STANDIN_IMAGE if options.engine == "stand-in" else VLLM_IMAGE),
         vllm_version=VLLM_VERSION,
         inventory_source=inventory.source,
         gpus=tuple(by_index[i] for i in sorted({g for s in services for g in s.gpus})),
@@ -534,7 +539,9 @@ def _finish(d: _Draft, gpus: dict[int, Gpu]) -> ServicePlan:
         port=spec.port,
         bind=spec.bind,
         api_key_source=(
-            "profile"
+            "none"
+            if spec.auth == "none"
+            else "profile"
             if spec.api_key
             else f"env:{spec.api_key_env}"
             if spec.api_key_env
@@ -551,6 +558,7 @@ def _finish(d: _Draft, gpus: dict[int, Gpu]) -> ServicePlan:
         extra_args=spec.extra_args,
         environment=spec.environment,
         utilization_planned=spec.gpu_memory_utilization is None,
+        auth=spec.auth,
     )
 
 
@@ -585,6 +593,23 @@ def _shared_gpu_warnings(services: tuple[ServicePlan, ...]) -> tuple[str, ...]:
         for g, names in sorted(shared.items())
         if len(names) > 1
     )
+
+
+def _exposure_warnings(services: tuple[ServicePlan, ...]) -> tuple[str, ...]:
+    """Say so when an endpoint is reachable beyond this host or served without a key."""
+    out = []
+    for s in services:
+        if s.bind == "0.0.0.0":
+            out.append(
+                f"{s.name}: port {s.port} binds every interface (bind: 0.0.0.0): anyone who can "
+                "reach this host can call it; put a firewall or a TLS proxy in front"
+            )
+        if s.auth == "none":
+            out.append(
+                f"{s.name}: auth: none: {s.bind}:{s.port} serves without an API key; anyone who "
+                "can reach it can use it"
+            )
+    return tuple(out)
 
 
 # --- profile auto -----------------------------------------------------------------------------

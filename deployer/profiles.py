@@ -63,6 +63,7 @@ class ServiceSpec:
     reasoning_parser: str | None = "qwen3"
     extra_args: tuple[str, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()  # extra container env (VLLM_*, STANDIN_*)
+    auth: str = "key"  # "none": served without an API key (needs --allow-unauthenticated)
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,19 @@ _SERVICE_KEYS = {
     "reasoning_parser",
     "extra_args",
     "environment",
+    "auth",
 }
-_DEFAULT_KEYS = _SERVICE_KEYS - {"model", "port", "gpus", "api_key", "aliases", "served_model_name"}
+# `auth` is per service only: serving without a key is decided for one endpoint at a time.
+_DEFAULT_KEYS = _SERVICE_KEYS - {
+    "model",
+    "port",
+    "gpus",
+    "api_key",
+    "aliases",
+    "served_model_name",
+    "auth",
+}
+AUTH_MODES = ("key", "none")
 _GENERATION_KEYS = {"temperature", "top_p", "top_k", "min_p"}
 
 
@@ -224,6 +236,11 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
         isinstance(api_key_env, str) and ENV_NAME_PATTERN.match(api_key_env)
     ):
         raise ProfileError(f"{where}.api_key_env: expected an environment variable name")
+    auth = raw.get("auth", "key")
+    if auth not in AUTH_MODES:
+        raise ProfileError(f"{where}.auth: expected 'key' (the default) or 'none', got {auth!r}")
+    if auth == "none" and (api_key is not None or "api_key_env" in raw):
+        raise ProfileError(f"{where}: auth: none serves without a key; remove api_key/api_key_env")
 
     aliases_raw = raw.get("aliases", [])
     if not isinstance(aliases_raw, list) or not all(isinstance(a, str) for a in aliases_raw):
@@ -276,6 +293,7 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
         reasoning_parser=None if parser in (None, "none") else str(parser),
         extra_args=tuple(extra),
         environment=tuple(sorted((k, str(v)) for k, v in env_raw.items())),
+        auth=auth,
     )
 
 

@@ -83,7 +83,7 @@ def _environment() -> jinja2.Environment:
 
 
 def _context(plan: DeploymentPlan, specs: tuple[ContainerSpec, ...]) -> dict[str, Any]:
-    required = {service.api_key_env for service in plan.services}
+    required = {service.api_key_env for service in plan.services if service.auth != "none"}
     volumes: list[str] = []
     for spec in specs:
         volumes += [name for name, _ in spec.volumes if name not in volumes]
@@ -123,6 +123,8 @@ def render_files(
     """Every file of the deployment directory, by name; .env holds only the services' keys."""
     keys: dict[str, str] = {}
     for service in plan.services:
+        if service.auth == "none":  # served without a key: nothing for .env
+            continue
         var = service.api_key_env
         key = api_keys.get(var)
         if key is None:

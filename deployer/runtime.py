@@ -20,9 +20,11 @@ callback, results come back as dataclasses.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -346,9 +348,8 @@ def readiness(
     its model; loaded weights and KV cache, not just a live process as /health says."""
     url = base_url_for(service) + "/v1/models"
     try:
-        response = session.get(
-            url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout_s
-        )
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}  # none: auth: none
+        response = session.get(url, headers=headers, timeout=timeout_s)
     except requests.RequestException:
         return False, "not answering yet"
     with response:
@@ -773,12 +774,14 @@ def _ensure_images(
         except docker.errors.ImageNotFound:
             if plan.engine == "stand-in":
                 raise DeployFailed(
-                    f"the stand-in image {image} is not built", hint="run `make images`"
+                    f"the stand-in image {image} is not built",
+                    hint="build it with `make images`; `STANDIN_IMAGE=NAME bash "
+                    "scripts/build-images.sh` builds another tag",
                 ) from None
         report(image)
-        repository, _, tag = image.rpartition(":")
+        repository, tag = docker.utils.parse_repository_tag(image)
         try:
-            client.images.pull(repository, tag=tag)
+            client.images.pull(repository, tag=tag or "latest")
         except docker.errors.APIError as exc:
             raise DeployFailed(
                 f"cannot pull {image}: {_explanation(exc)}",
@@ -850,6 +853,95 @@ def _execute(
     return ApplyResult(plan.deployment, actions, outcomes, time.monotonic() - t0)
 
 
+# --- before anything changes ---------------------------------------------------------------------
+
+
+def _engine_is_local(client: docker.DockerClient) -> bool:
+    """A unix-socket engine publishes ports on this host, so a local bind() tells the truth."""
+    return str(getattr(client.api, "base_url", "")).startswith("http+docker://localhost")
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """True when something on this host listens on host:port (or on every interface)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # TIME_WAIT leftovers of a container just stopped are not "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            # EACCES (a port below 1024 as a user), EADDRNOTAVAIL: Docker decides, not us.
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def port_conflicts(
+    client: docker.DockerClient,
+    plan: DeploymentPlan,
+    specs: Sequence[ContainerSpec],
+    actions: Sequence[Action],
+) -> list[str]:
+    """Host ports that a service about to start cannot get: published by a container of
+    another deployment, or held by another process on this host. Ports that this deployment's
+    own containers hold are not conflicts: they are stopped before anything starts."""
+    starting = {a.service for a in actions if a.kind in ("create", "recreate", "start", "restart")}
+    theirs: dict[int, str] = {}
+    ours: set[int] = set()
+    for summary in client.api.containers():  # running containers, with their published ports
+        labels = summary.get("Labels") or {}
+        name = str((summary.get("Names") or ["?"])[0]).lstrip("/")
+        for port in summary.get("Ports") or []:
+            public = port.get("PublicPort")
+            if not public or port.get("Type", "tcp") != "tcp":
+                continue
+            if labels.get(LABEL_PROJECT) == plan.deployment:
+                ours.add(int(public))
+            else:
+                project = labels.get(LABEL_PROJECT)
+                theirs[int(public)] = name + (f" (deployment {project!r})" if project else "")
+    local = _engine_is_local(client)
+    problems = []
+    for spec in specs:
+        if spec.service not in starting:
+            continue
+        where = f"port {spec.host_port} of service {spec.service}"
+        if spec.host_port in theirs:
+            problems.append(f"{where} is published by container {theirs[spec.host_port]}")
+        elif local and spec.host_port not in ours and _port_in_use(spec.bind, spec.host_port):
+            problems.append(f"{where} is already in use on {spec.bind} by another process")
+    return problems
+
+
+def preflight(
+    client: docker.DockerClient,
+    plan: DeploymentPlan,
+    specs: Sequence[ContainerSpec],
+    env: Mapping[str, str],
+    progress: ProgressCallback | None = None,
+) -> tuple[Action, ...]:
+    """What `up` checks before it changes anything (files, networks, containers): every host
+    port it will publish is free and every image it will create containers from is here
+    (pulled if need be). Raises DeployFailed naming the port or image; returns the actions."""
+    t0 = time.monotonic()
+    with docker_errors(f"deployment {plan.deployment!r}"):
+        actions = converge_actions(plan, specs, env, observe(client, plan.deployment))
+        problems = port_conflicts(client, plan, specs, actions)
+        if problems:
+            raise DeployFailed(
+                "; ".join(problems),
+                hint="stop what holds it, or change `port:` in the profile; nothing was changed",
+            )
+        by_name = {s.service: s for s in specs}
+        creating = [a.service for a in actions if a.kind in ("create", "recreate")]
+
+        def pulling(image: str) -> None:
+            for service in creating:
+                if by_name[service].image == image and progress is not None:
+                    progress(Progress(service, PULLING, time.monotonic() - t0, image))
+
+        _ensure_images(client, plan, [by_name[s].image for s in creating], pulling)
+    return actions
+
+
 def _probe_for(plan: DeploymentPlan, probe: MemoryProbe | None) -> MemoryProbe | None:
     """NVML before each start unless a probe is given, never with the stand-in engine's
     make-believe GPUs."""
@@ -875,8 +967,7 @@ def apply(
     service answers /v1/models. A failed service is stopped (kept for `logs`), the others
     keep going. `env` holds the .env keys and HF_TOKEN. Ctrl-C leaves started containers up."""
     probe = _probe_for(plan, memory_probe)
-    with docker_errors(f"deployment {plan.deployment!r}"):
-        actions = converge_actions(plan, specs, env, observe(client, plan.deployment))
+    actions = preflight(client, plan, specs, env, progress)
     return _execute(
         client,
         plan,

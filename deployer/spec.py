@@ -209,7 +209,10 @@ def container_specs(plan: DeploymentPlan, deployment_dir: str) -> tuple[Containe
                 entrypoint=entrypoint,
                 command=vllm_args(service),
                 environment=tuple(sorted(environment.items())),
-                secret_env=(("VLLM_API_KEY", service.api_key_env), ("HF_TOKEN", "HF_TOKEN")),
+                secret_env=(
+                    *((("VLLM_API_KEY", service.api_key_env),) if service.auth != "none" else ()),
+                    ("HF_TOKEN", "HF_TOKEN"),
+                ),
                 bind=service.bind,
                 host_port=service.port,
                 container_port=CONTAINER_PORT,

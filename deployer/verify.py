@@ -361,6 +361,17 @@ def _check_models(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
 
 def _check_auth(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
     statuses: Metrics = {}
+    if service.auth == "none":  # the profile and --allow-unauthenticated asked for an open port
+        response = client.send("GET", "/v1/models", key=None)
+        response.close()
+        statuses["no_key"] = response.status_code
+        if response.status_code != 200:
+            raise _CheckFailed(
+                f"auth: none is planned, but /v1/models without a key answered HTTP "
+                f"{response.status_code} (the container runs an older config: `qwen-deploy up`)",
+                statuses,
+            )
+        return "open without a key (auth: none): anyone who can reach the port can use it", statuses
     for label, key in (("no key", None), ("wrong key", WRONG_KEY)):
         response = client.send("GET", "/v1/models", key=key)
         response.close()
@@ -599,7 +610,7 @@ def verify_service(
     for check, fn in _CHECK_FUNCTIONS:
         if results and not results[0].ok:
             results.append(_not_run(service, check, "not run: /health did not answer 200"))
-        elif check not in ("health", "auth") and not api_key:
+        elif check not in ("health", "auth") and not api_key and service.auth != "none":
             results.append(
                 _not_run(
                     service,

@@ -35,7 +35,11 @@ class BenchGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=BenchGroup, invoke_without_command=True)
+@click.group(
+    cls=BenchGroup,
+    invoke_without_command=True,
+    subcommand_metavar="[SERVICE]... [RUN OPTIONS] | COMMAND [ARGS]...",
+)
 def bench() -> None:
     """Measure each tier under load: throughput, TTFT, ITL, latency per concurrency.
 
@@ -74,11 +78,11 @@ def _inventory(plan: DeploymentPlan) -> dict[str, Any]:
         try:
             from deployer.nvml import read_inventory
 
-            return {"source": "nvml", **read_inventory().to_dict()}
+            return {"source": "nvml, read at bench time", **read_inventory().to_dict()}
         except InventoryError:
             pass
     return {
-        "source": f"plan ({plan.inventory_source})",
+        "source": f"{plan.inventory_source}, as planned",
         "gpus": [asdict(g) for g in plan.gpus],
     }
 
@@ -217,7 +221,8 @@ def run_cmd(
     chosen = [plan.service(n) for n in services] if services else list(plan.services)
     chosen = list({s.name: s for s in chosen}.values())
     for service in chosen:
-        if not keys.get(service.api_key_env):
+        # `auth: none` services (planned with --allow-unauthenticated) are called without a key.
+        if not keys.get(service.api_key_env) and getattr(service, "auth", "key") != "none":
             raise BenchError(
                 f"no API key for {service.name} in the deployment's .env ({service.api_key_env})",
                 hint="run `qwen-deploy render` or `qwen-deploy up` again",
@@ -225,7 +230,9 @@ def run_cmd(
     planned, skipped = plan_sweep(chosen, concurrency, prompt_tokens, max_tokens, mixed)
     if not planned:
         raise BenchError("nothing to measure: " + "; ".join(skipped))
-    endpoints = {s.name: Endpoint(s, base_url_for(s, host), keys[s.api_key_env]) for s in chosen}
+    endpoints = {
+        s.name: Endpoint(s, base_url_for(s, host), keys.get(s.api_key_env, "")) for s in chosen
+    }
 
     def session_factory() -> requests.Session:
         session = requests.Session()
@@ -294,8 +301,12 @@ def _delta_cell(d: MetricDelta, color: bool) -> str:
             return "-"
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.1f}"
 
+    if d.metric == "errors":
+        return f"{n(d.a)} -> {n(d.b)}".replace(".0", "")
     change = d.change_pct
-    text = f"{n(d.a)} -> {n(d.b)}" + (f" ({change:+.0f}%)" if change is not None else "")
+    text = f"{n(d.a)} -> {n(d.b)}"
+    if change is not None:
+        text += " (0%)" if abs(change) < 0.5 else f" ({change:+.0f}%)"
     if color and d.better is not None and change is not None and abs(change) >= 5:
         return click.style(text, fg="green" if d.better else "red")
     return text
@@ -331,7 +342,8 @@ def render_comparison(cmp: Comparison, a: BenchRun, b: BenchRun, color: bool = F
         lines.append("no point was measured in both runs")
     for label, only in (("only in A", cmp.only_a), ("only in B", cmp.only_b)):
         if only:
-            lines.append(f"{label}: {'; '.join(only)}")
+            more = f"; and {len(only) - 6} more" if len(only) > 6 else ""
+            lines.append(f"{label}: {'; '.join(only[:6])}{more}")
     return "\n".join(lines)
 
 

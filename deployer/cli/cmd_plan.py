@@ -9,8 +9,10 @@ import click
 
 from deployer.cli.common import (
     AppContext,
+    allow_unauthenticated_option,
     engine_option,
     gpus_file_option,
+    image_option,
     json_option,
     make_plan,
     models_file_option,
@@ -18,6 +20,7 @@ from deployer.cli.common import (
     print_json,
     profile_option,
     table,
+    warn_unauthenticated,
 )
 from deployer.gpus import GIB
 
@@ -27,6 +30,7 @@ from deployer.gpus import GIB
 @gpus_file_option
 @engine_option
 @models_file_option
+@image_option
 @json_option
 @pass_app
 def plan(
@@ -35,6 +39,7 @@ def plan(
     gpus_file: Path | None,
     engine: str,
     models_files: tuple[Path, ...],
+    image: str | None,
     as_json: bool,
 ) -> None:
     """Show placement, tensor parallel, memory fraction and context per service.
@@ -44,7 +49,7 @@ def plan(
 
     Example: qwen-deploy plan --profile tri-tier --gpus-file box.json
     """
-    planned = make_plan(app, profile_name, gpus_file, engine, models_files)
+    planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
     result = planned.plan
     if as_json:
         print_json("plan", {**result.to_dict(), "auto_reasons": list(planned.reasons)})
@@ -94,6 +99,8 @@ def plan(
 @gpus_file_option
 @engine_option
 @models_file_option
+@image_option
+@allow_unauthenticated_option
 @pass_app
 def render(
     app: AppContext,
@@ -101,6 +108,8 @@ def render(
     gpus_file: Path | None,
     engine: str,
     models_files: tuple[Path, ...],
+    image: str | None,
+    allow_unauthenticated: bool,
 ) -> None:
     """Write the deployment directory (compose.yaml, .env, plan.json); start nothing.
 
@@ -112,10 +121,17 @@ def render(
     from deployer.deployment import resolve_api_keys
     from deployer.render import render_files
 
-    planned = make_plan(app, profile_name, gpus_file, engine, models_files)
+    planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
     directory = app.deployment_dir
     with directory.lock():
-        keys = resolve_api_keys(planned.plan, planned.profile, directory.read_env(), os.environ)
+        keys = resolve_api_keys(
+            planned.plan,
+            planned.profile,
+            directory.read_env(),
+            os.environ,
+            allow_unauthenticated,
+        )
+        warn_unauthenticated(planned.plan)
         directory.write_files(render_files(planned.plan, str(directory.path), keys))
     click.echo(f"wrote {directory.path}/compose.yaml, .env and plan.json")
     click.echo(f"start it with: docker compose --project-directory {directory.path} up -d")

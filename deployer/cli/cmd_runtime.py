@@ -15,9 +15,11 @@ import click
 
 from deployer.cli.common import (
     AppContext,
+    allow_unauthenticated_option,
     docker_client,
     engine_option,
     gpus_file_option,
+    image_option,
     json_option,
     make_plan,
     models_file_option,
@@ -25,6 +27,7 @@ from deployer.cli.common import (
     print_json,
     profile_option,
     use_color,
+    warn_unauthenticated,
 )
 from deployer.cli.runtime_view import (
     ProgressPrinter,
@@ -65,12 +68,41 @@ def timeout_option(func: Any) -> Any:
     )(func)
 
 
-def runtime_env(keys: Mapping[str, str]) -> dict[str, str]:
-    """What containers get besides their spec: the .env keys and HF_TOKEN from the environment."""
+def runtime_env(keys: Mapping[str, str], hf_token: str | None = None) -> dict[str, str]:
+    """What containers get besides their spec: the .env keys and HF_TOKEN (from --hf-token-file,
+    else the environment). The token goes to the containers only, never into a file."""
     env = dict(keys)
-    if os.environ.get("HF_TOKEN"):
-        env["HF_TOKEN"] = os.environ["HF_TOKEN"]
+    token = hf_token or os.environ.get("HF_TOKEN")
+    if token:
+        env["HF_TOKEN"] = token
     return env
+
+
+def _read_token_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        token = value.read_text().strip()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise click.BadParameter(f"{value} is not a text file") from None
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise click.BadParameter(f"{value} must hold one token on one line")
+    return token
+
+
+def hf_token_file_option(func: Any) -> Any:
+    return click.option(
+        "--hf-token-file",
+        "hf_token",
+        type=click.Path(dir_okay=False, path_type=Path),
+        callback=_read_token_file,
+        envvar="QWEN_DEPLOY_HF_TOKEN_FILE",
+        metavar="FILE",
+        help="Read the Hugging Face token (gated models) from FILE instead of $HF_TOKEN; it is "
+        "passed to the containers and never written to compose.yaml, .env or labels.",
+    )(func)
 
 
 @click.command()
@@ -78,12 +110,15 @@ def runtime_env(keys: Mapping[str, str]) -> dict[str, str]:
 @gpus_file_option
 @engine_option
 @models_file_option
+@image_option
 @click.option(
     "--dry-run", is_flag=True, help="Print what would be created, recreated, kept and removed."
 )
 @timeout_option
 @wait_option
 @click.option("--no-verify", is_flag=True, help="Skip the smoke requests once services are up.")
+@allow_unauthenticated_option
+@hf_token_file_option
 @pass_app
 def up(
     app: AppContext,
@@ -91,10 +126,13 @@ def up(
     gpus_file: Path | None,
     engine: str,
     models_files: tuple[Path, ...],
+    image: str | None,
     dry_run: bool,
     timeout_s: float | None,
     wait_s: float,
     no_verify: bool,
+    allow_unauthenticated: bool,
+    hf_token: str | None,
 ) -> None:
     """Render the deployment and start it, touching only what changed; then verify it.
 
@@ -109,26 +147,34 @@ def up(
     from deployer.render import render_files
     from deployer.spec import container_specs
 
-    planned = make_plan(app, profile_name, gpus_file, engine, models_files)
+    planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
     plan = planned.plan
     directory = app.deployment_dir
-    for warning in plan.warnings:
-        click.echo(f"note: {warning}", err=True)
     if dry_run:
-        keys = resolve_api_keys(plan, planned.profile, directory.read_env(), os.environ)
+        keys = resolve_api_keys(
+            plan, planned.profile, directory.read_env(), os.environ, allow_unauthenticated
+        )
         specs = container_specs(plan, str(directory.path))
-        actions = runtime.plan_actions(docker_client(), plan, specs, runtime_env(keys))
+        env = runtime_env(keys, hf_token)
+        actions = runtime.plan_actions(docker_client(), plan, specs, env)
+        _notes(plan)
         click.echo(dry_run_table(actions))
         click.echo("dry run: nothing was changed")
         return
     client = docker_client()
     with directory.lock(wait_s):
-        keys = resolve_api_keys(plan, planned.profile, directory.read_env(), os.environ)
-        directory.write_files(render_files(plan, str(directory.path), keys))
+        keys = resolve_api_keys(
+            plan, planned.profile, directory.read_env(), os.environ, allow_unauthenticated
+        )
         specs = container_specs(plan, str(directory.path))
+        env = runtime_env(keys, hf_token)
         printer = ProgressPrinter([s.name for s in plan.services])
+        # Host ports and images are checked before the directory or any container changes.
+        runtime.preflight(client, plan, specs, env, printer)
+        _notes(plan)  # only for a plan that is going to be applied: errors stay one line
+        directory.write_files(render_files(plan, str(directory.path), keys))
         try:
-            result = runtime.apply(client, plan, specs, runtime_env(keys), printer, timeout_s)
+            result = runtime.apply(client, plan, specs, env, printer, timeout_s)
         except KeyboardInterrupt:
             say_interrupted(printer.board)
             raise
@@ -139,6 +185,12 @@ def up(
             raise runtime.failure_error(result)
         if not no_verify:
             _verify(directory, plan, keys)
+
+
+def _notes(plan: DeploymentPlan) -> None:
+    for warning in plan.warnings:
+        click.echo(f"note: {warning}", err=True)
+    warn_unauthenticated(plan)
 
 
 def _verify(directory: DeploymentDir, plan: DeploymentPlan, keys: Mapping[str, str]) -> None:
@@ -164,10 +216,16 @@ def down(app: AppContext, wait_s: float) -> None:
     Example: qwen-deploy down
     """
     from deployer import runtime
+    from deployer.errors import StateError
     from deployer.spec import HF_CACHE_VOLUME
 
     directory = app.deployment_dir
-    plan = directory.load_plan() if directory.exists() else None
+    plan = None
+    if directory.exists():
+        try:
+            plan = directory.load_plan()
+        except StateError as exc:  # a broken plan.json must not keep the containers running
+            click.echo(f"warning: {exc}; stopping the containers by their labels", err=True)
     client = docker_client()
     if directory.path.is_dir():
         with directory.lock(wait_s):

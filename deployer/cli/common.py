@@ -85,6 +85,25 @@ def engine_option(func: F) -> F:
     )(func)
 
 
+def image_option(func: F) -> F:
+    return click.option(
+        "--image",
+        default=None,
+        envvar="QWEN_DEPLOY_IMAGE",
+        help="Run this image instead of the engine's pinned one (a mirror or a local build of "
+        "the same vLLM release).",
+    )(func)
+
+
+def allow_unauthenticated_option(func: F) -> F:
+    return click.option(
+        "--allow-unauthenticated",
+        is_flag=True,
+        help="Confirm that services with `auth: none` in the profile are served without an "
+        "API key (refused otherwise).",
+    )(func)
+
+
 def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
         func
@@ -126,6 +145,7 @@ def make_plan(
     gpus_file: Path | None,
     engine: str,
     models_files: tuple[Path, ...] = (),
+    image: str | None = None,
 ) -> PlannedProfile:
     """Inventory + profile (or 'auto') + catalog -> plan."""
     from deployer.planner import PlanOptions, choose_profile, plan
@@ -133,7 +153,7 @@ def make_plan(
 
     inventory = load_inventory(gpus_file)
     catalog = load_catalog(models_files)
-    options = PlanOptions(deployment=app.deployment, engine=engine)
+    options = PlanOptions(deployment=app.deployment, engine=engine, image=image or None)
     if profile_name == "auto":
         profiles = load_all_profiles(profiles_dir())
         choice = choose_profile(inventory, profiles, catalog, options)
@@ -164,6 +184,17 @@ def docker_client() -> docker.DockerClient:
             hint="start it, or check DOCKER_HOST",
         ) from None
     return client
+
+
+def warn_unauthenticated(plan: DeploymentPlan) -> None:
+    """The warning `up` and `render` print for every service confirmed to run without a key."""
+    for service in plan.services:
+        if service.auth == "none":
+            click.echo(
+                f"warning: {service.name} serves {service.bind}:{service.port} WITHOUT an API "
+                "key (auth: none, --allow-unauthenticated)",
+                err=True,
+            )
 
 
 def print_json(kind: str, data: Any) -> None:

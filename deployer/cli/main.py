@@ -38,6 +38,10 @@ class DeployGroup(click.Group):
         except BrokenPipeError:  # `qwen-deploy plan | head`: the reader left, not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(ExitCode.OK)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # one line too, like every other error
+            self._fail(ctx, usage_line(exc), ExitCode.USAGE)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug: say so plainly, details with --debug
@@ -47,6 +51,21 @@ class DeployGroup(click.Group):
                 ExitCode.ERROR,
             )
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # the group's own options (`--bogus`)
+            click.echo(usage_line(exc), err=True)
+            raise click.exceptions.Exit(ExitCode.USAGE) from None
+
     @staticmethod
     def _fail(ctx: click.Context, message: str, code: int) -> None:
         obj = ctx.find_object(AppContext)
@@ -54,6 +73,13 @@ class DeployGroup(click.Group):
             traceback.print_exc()
         click.echo(message, err=True)
         ctx.exit(code)
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """click's three-line usage error as one line that says where the help is."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    return f"error: {message}{where}"
 
 
 @click.group(

@@ -81,7 +81,7 @@ def test_plan_auto_says_why(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["plan", "-p", "tri-tier", "--gpus-file", str(GPU_FILES / "1x-t4.json")], ExitCode.PROFILE,
+        (["plan", "-p", "tri-tier", "--gpus-file", str(GPU_FILES / "1x-t4.json")], ExitCode.PLAN,
          "GPU 1 does not exist"),
         (["plan", "-p", "single-gpu", "--gpus-file", str(GPU_FILES / "1x-v100.json")], ExitCode.PLAN,
          "compute capability 7.5 or newer"),

@@ -247,7 +247,7 @@ def test_context_beyond_native_uses_yarn_and_beyond_yarn_is_refused(catalog: Cat
 
 
 def test_gpu_index_out_of_range_names_the_file_and_key(catalog: Catalog) -> None:
-    with pytest.raises(ProfileError) as err:
+    with pytest.raises(PlanError) as err:
         plan(inventory("2x-a100-40gb"), load_profile("tri-tier"), catalog)
     assert "tri-tier.yaml: services.mini.gpus[0]: GPU 2 does not exist" in str(err.value)
 

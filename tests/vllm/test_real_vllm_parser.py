@@ -78,7 +78,8 @@ class RealVllm:
 def real_vllm(tmp_path_factory: pytest.TempPathFactory) -> RealVllm:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read at import: nothing may reach a hub
     os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
-    pytest.importorskip("vllm", reason="needs the vLLM CPU build: scripts/vllm-check.sh")
+    # Not bare "vllm": without vLLM, tests/vllm itself imports as a namespace package "vllm".
+    pytest.importorskip("vllm.engine.arg_utils", reason="needs vLLM: scripts/vllm-check.sh")
     catalog = load_catalog()
     made: dict[str, Path] = {}
 
@@ -270,7 +271,8 @@ def test_real_vllm_rejects_bad_commands(
 ) -> None:
     code, why = real_vllm.outcome(argv)
     assert code == _expected_from_real(name, pinned), why
-    assert says in why
+    if code == "exit 1":  # argparse's own usage errors (exit 2) were checked by code alone
+        assert says in why
 
 
 @pytest.mark.parametrize(

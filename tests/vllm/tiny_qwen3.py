@@ -192,14 +192,12 @@ def write_config_only(directory: Path, config: dict[str, Any]) -> Path:
 
 
 def write_random_model(directory: Path) -> Path:
-    """A loadable tiny Qwen3 (2 layers, hidden 64) with random float32 weights."""
+    """A loadable tiny Qwen3 (2 layers, hidden 64, about 0.1M parameters) with random weights."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = build_tokenizer(directory)
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(directory))
     config = Qwen3Config(
         hidden_size=64,
