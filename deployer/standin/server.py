@@ -1536,6 +1536,9 @@ class Handler(BaseHTTPRequestHandler):
     """The OpenAI-compatible API of `vllm serve`."""
 
     protocol_version = "HTTP/1.1"
+    # Small writes (SSE chunks, short JSON) must not wait for delayed ACKs (Nagle): vLLM's
+    # uvicorn sets TCP_NODELAY too.
+    disable_nagle_algorithm = True
     server_version = "uvicorn"
     sys_version = ""
     engine: Engine  # set on the subclass made by main()

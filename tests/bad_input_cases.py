@@ -1,0 +1,512 @@
+"""The bad-input table: each way a user can hand qwen-deploy something wrong, and what it must
+answer. Every case runs the real entry point and must end with exactly one `error:` line on
+stderr containing its fragment, the exit code of its concern (deployer.errors.ExitCode), no
+traceback, nothing on stdout, and nothing changed: not the deployment directory, not the
+containers.
+
+tests/unit/test_bad_input.py runs the cases that need no Docker engine against a rendered
+deployment, with DOCKER_HOST pointing at a socket that does not exist (a case that slipped past
+its check could not touch an engine either). tests/integration/test_bad_input_docker.py runs
+every case against a healthy running deployment on the real engine and checks that its
+containers are untouched. docs/troubleshooting-table.md, pasted into the README's
+Troubleshooting section, is this table in words: `python -m tests.bad_input_cases` prints it.
+
+Args and env values may name {profile} (the case's profile file), {gpus} (the 3-GPU inventory of
+the deployment), {tmp}, {fixtures} and {other} (a second deployment name, for cases that act
+beside the running one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployer.errors import ExitCode
+from tests.integration.conftest_runtime import tri_tier_profile
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parent.parent
+DOC_TABLE = ROOT / "docs" / "troubleshooting-table.md"
+
+Cleanup = Callable[[], None]
+
+
+@dataclass
+class Workspace:
+    """Where a case runs: a deployment (rendered, or running on the engine) and scratch space."""
+
+    tmp: Path
+    home: Path
+    deployment: str
+    first_gpu: int
+    ports: dict[str, int]
+    gpus_file: Path
+    other: str
+    values: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.home / self.deployment
+
+    @property
+    def profile(self) -> Path:
+        return self.tmp / "case-profile.yaml"
+
+    def placeholders(self) -> dict[str, str]:
+        return {
+            "profile": str(self.profile),
+            "gpus": str(self.gpus_file),
+            "tmp": str(self.tmp),
+            "fixtures": str(FIXTURES),
+            "other": self.other,
+            **self.values,
+        }
+
+    def format(self, text: str) -> str:
+        return text.format_map(self.placeholders())
+
+    def good_profile(self, **services: dict[str, Any]) -> dict[str, Any]:
+        """The profile the deployment runs (tri-tier on its ports and GPUs), with overrides."""
+        return tri_tier_profile(self.ports, self.first_gpu, **services)
+
+    def write_profile(self, data: Any) -> None:
+        self.profile.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+Setup = Callable[[Workspace], Cleanup | None]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    situation: str  # what the user did, for the README
+    args: tuple[str, ...]  # after `--home HOME --deployment NAME`
+    code: ExitCode
+    fragment: str  # the error line contains this
+    fix: str  # what to do, for the README
+    setup: Setup | None = None
+    env: tuple[tuple[str, str | None], ...] = ()  # None removes the variable
+    engine: bool = False  # needs the Docker engine (runs only in the integration test)
+    runner: str = "cli"  # "cli": CliRunner; "no-dac": the entry point without CAP_DAC_OVERRIDE
+    progress: bool = False  # progress lines ("  service  stage") may come before the error
+
+
+# --- setups ---------------------------------------------------------------------------------------
+
+
+def profile(**services: dict[str, Any]) -> Setup:
+    """The deployment's own profile, with these per-service overrides."""
+
+    def setup(ws: Workspace) -> None:
+        ws.write_profile(ws.good_profile(**services))
+
+    return setup
+
+
+def profile_text(text: str) -> Setup:
+    def setup(ws: Workspace) -> None:
+        ws.profile.write_text(text)
+
+    return setup
+
+
+def one_service(model: str, **extra: Any) -> Setup:
+    """A one-service profile on GPU 0 (for the fixture boxes, numbered from 0)."""
+
+    def setup(ws: Workspace) -> None:
+        service = {"model": model, "gpus": [0], "port": 18080, "api_key": "test-key-single"}
+        ws.write_profile({"name": "single", "services": {"single": {**service, **extra}}})
+
+    return setup
+
+
+def file_in_tmp(name: str, text: str) -> Setup:
+    def setup(ws: Workspace) -> None:
+        (ws.tmp / name).write_text(text)
+
+    return setup
+
+
+def hand_edit(name: str, edit: Callable[[str], str]) -> Setup:
+    """Edit a file of the deployment directory in place, the way a person with an editor would
+    (not atomically); the good profile is written too, for cases that run `up`/`render`."""
+
+    def setup(ws: Workspace) -> None:
+        path = ws.dir / name
+        path.write_text(edit(path.read_text()))
+        ws.write_profile(ws.good_profile())
+
+    return setup
+
+
+def hold_lock(ws: Workspace) -> Cleanup:
+    """Hold the deployment's lock as a running `up` would (flock on another open file)."""
+    handle = open(ws.dir / ".lock", "a+")  # noqa: SIM115 - closed by the cleanup
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    handle.seek(0)
+    handle.truncate()
+    handle.write("pid 4242")
+    handle.flush()
+    ws.write_profile(ws.good_profile())
+
+    def cleanup() -> None:
+        handle.seek(0)
+        handle.truncate()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+    return cleanup
+
+
+def listen_on_port_of(service: str) -> Setup:
+    """Another process listens on a port; the profile moves `service` onto it."""
+
+    def setup(ws: Workspace) -> Cleanup:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        ws.write_profile(ws.good_profile(**{service: {"port": port}}))
+        return sock.close
+
+    return setup
+
+
+def unix_socket_mode_000(ws: Workspace) -> Cleanup:
+    """A listening socket nobody may connect to, as /var/run/docker.sock is for a user outside
+    the docker group."""
+    path = ws.tmp / "docker-000.sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.listen()
+    path.chmod(0)
+    ws.write_profile(ws.good_profile())
+
+    def cleanup() -> None:
+        sock.close()
+        path.unlink(missing_ok=True)
+
+    return cleanup
+
+
+def plan_json(edit: Callable[[dict[str, Any]], dict[str, Any]]) -> Setup:
+    return hand_edit("plan.json", lambda text: json.dumps(edit(json.loads(text)), indent=2))
+
+
+def _future(plan: dict[str, Any]) -> dict[str, Any]:
+    return {**plan, "schema_version": 99}
+
+
+def _bad_key_line(text: str) -> str:
+    return "\n".join(
+        "QWEN_DEPLOY_API_KEY_MINI=pasted key with spaces" if line.startswith("QWEN_DEPLOY_API_KEY_MINI=") else line
+        for line in text.splitlines()
+    ) + "\n"
+
+
+# Start a command with the deployment's own profile and inventory, on the stand-in engine.
+UP = ("up", "-p", "{profile}", "--gpus-file", "{gpus}", "--engine", "stand-in", "--no-verify")
+RENDER = ("render", "-p", "{profile}", "--gpus-file", "{gpus}", "--engine", "stand-in")
+GOOD = profile()
+
+CASES: tuple[Case, ...] = (
+    # --- the command line -----------------------------------------------------------------------
+    Case("usage-missing-profile", "`up` without `--profile`", ("up",), ExitCode.USAGE,
+         "Missing option '--profile'", "name a profile, a YAML file or `auto`",
+         env=(("QWEN_DEPLOY_PROFILE", None),)),
+    Case("usage-bad-engine", "an engine that does not exist", (*UP[:5], "--engine", "sglang"),
+         ExitCode.USAGE, "'sglang' is not one of 'vllm', 'stand-in'", "use vllm or stand-in",
+         setup=GOOD),
+    Case("hf-token-file-missing", "`--hf-token-file` names a file that is not there",
+         (*UP, "--hf-token-file", "{tmp}/no-such-token"), ExitCode.USAGE,
+         "cannot read", "check the path", setup=GOOD),
+    Case("hf-token-file-malformed", "`--hf-token-file` holds more than one token",
+         (*UP, "--hf-token-file", "{tmp}/token"), ExitCode.USAGE,
+         "must hold one token on one line", "put the token alone on the first line",
+         setup=lambda ws: (GOOD(ws), file_in_tmp("token", "hf_abc\nhf_def\n")(ws))[1]),
+    # --- the profile ----------------------------------------------------------------------------
+    Case("profile-not-yaml", "the profile is not valid YAML", UP, ExitCode.PROFILE,
+         "not valid YAML (line", "fix the line the message names",
+         setup=profile_text("services:\n  mini: {model: Qwen/Qwen3-8B-AWQ, port: [5001\n")),
+    Case("profile-unknown-key", "a misspelt key in the profile", UP, ExitCode.PROFILE,
+         "unknown key 'contxt' (did you mean 'context'?)", "use the key it suggests",
+         setup=profile(mini={"contxt": 32768})),
+    Case("profile-unknown-name", "a profile name that does not exist",
+         ("plan", "-p", "tri-teir", "--gpus-file", "{gpus}"), ExitCode.PROFILE,
+         "unknown profile 'tri-teir'", "`qwen-deploy profiles` lists them; it suggests the nearest"),
+    Case("profile-file-missing", "a profile path that does not exist",
+         ("up", "-p", "{tmp}/nope.yaml", "--gpus-file", "{gpus}"), ExitCode.PROFILE,
+         "cannot read profile", "check the path"),
+    Case("model-unknown", "a model that is not in the catalog", UP, ExitCode.PROFILE,
+         "unknown model 'Qwen/Qwen3-9B-AWQ'",
+         "`qwen-deploy models` lists the catalog; add others in a `models:` section",
+         setup=profile(mini={"model": "Qwen/Qwen3-9B-AWQ"})),
+    Case("port-twice", "two services on one port", UP, ExitCode.PROFILE,
+         "is already used by services.", "give every service its own port",
+         setup=lambda ws: profile(micro={"port": ws.ports["mini"]})(ws)),
+    Case("port-out-of-range", "a port above 65535", UP, ExitCode.PROFILE,
+         "expected an integer from 1 to 65535", "use a port from 1024 to 65535",
+         setup=profile(micro={"port": 70000})),
+    Case("context-too-long", "a context longer than the model supports", UP, ExitCode.PROFILE,
+         "tokens is more than Qwen/Qwen3-8B-AWQ supports", "use the context the message names",
+         setup=profile(mini={"context": 200000})),
+    Case("api-key-breaks-env", "an API key with characters that would break .env or compose",
+         UP, ExitCode.PROFILE, "keys are 8-256 characters",
+         "use letters, digits and ._~+/=- (or omit api_key to generate one)",
+         setup=profile(mini={"api_key": "k3y with spaces\nINJECTED=1 $HOME"})),
+    Case("api-key-env-breaks-env", "an `api_key_env` variable holding such characters", UP,
+         ExitCode.PROFILE, "has characters that would break the .env file",
+         "export a key of letters, digits and ._~+/=-",
+         setup=profile(mini={"api_key": None, "api_key_env": "QD_TEST_MINI_KEY"}),
+         env=(("QD_TEST_MINI_KEY", 'abc"def\nINJECTED=1'),)),
+    Case("api-key-env-unset", "`api_key_env` names a variable that is not set", UP,
+         ExitCode.PROFILE, "$QD_TEST_UNSET_KEY is not set",
+         "export it, or remove api_key_env to generate a key",
+         setup=profile(mini={"api_key": None, "api_key_env": "QD_TEST_UNSET_KEY"}),
+         env=(("QD_TEST_UNSET_KEY", None),)),
+    Case("auth-none-unconfirmed", "`auth: none` without `--allow-unauthenticated`", RENDER,
+         ExitCode.PROFILE, "would serve 127.0.0.1:",
+         "pass --allow-unauthenticated if an open endpoint is really meant",
+         setup=profile(micro={"api_key": None, "auth": "none"})),
+    # --- the GPUs -------------------------------------------------------------------------------
+    Case("no-nvidia-driver", "no NVIDIA driver (and no `--gpus-file`)",
+         ("up", "-p", "{profile}", "--engine", "stand-in"), ExitCode.INVENTORY,
+         "cannot talk to the NVIDIA driver", "install/load the driver, or plan with --gpus-file",
+         setup=GOOD, env=(("QWEN_DEPLOY_GPUS_FILE", None),)),
+    Case("gpus-file-not-json", "a `--gpus-file` that is not JSON",
+         ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/gpus.txt"), ExitCode.INVENTORY,
+         "not valid JSON", "write it with `qwen-deploy gpus --json`",
+         setup=lambda ws: (GOOD(ws), file_in_tmp("gpus.txt", "GPU 0: RTX 4090\n")(ws))[1]),
+    Case("gpus-file-missing-fields", "a `--gpus-file` that lacks fields",
+         ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/gpus-short.json"),
+         ExitCode.INVENTORY, "missing name, memory_total_mib, compute_capability",
+         "add the fields the message names",
+         setup=lambda ws: (GOOD(ws), file_in_tmp("gpus-short.json", '{"gpus": [{"index": 0}]}')(ws))[1]),
+    Case("gpus-file-unreadable", "a `--gpus-file` that does not exist",
+         ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/none.json"), ExitCode.INVENTORY,
+         "cannot read GPU file", "check the path", setup=GOOD),
+    # --- the plan -------------------------------------------------------------------------------
+    Case("gpu-index-out-of-range", "a GPU index the box does not have", UP, ExitCode.PLAN,
+         "does not exist; this box has GPUs", "use an index that `qwen-deploy gpus` lists",
+         setup=lambda ws: profile(mini={"gpus": [ws.first_gpu + 7]})(ws)),
+    Case("profile-needs-more-gpus", "a profile for more GPUs than the box has",
+         ("plan", "-p", "eight-gpu", "--gpus-file", "{gpus}"), ExitCode.PLAN,
+         "needs 8 GPU(s)", "choose a smaller profile, or `--profile auto`"),
+    Case("gpu-count-too-high", "`gpus: auto` asking for more GPUs than exist", UP,
+         ExitCode.PLAN, "needs 4 GPUs; this box has 3", "lower gpu_count",
+         setup=profile(medium={"gpus": "auto", "gpu_count": 4})),
+    Case("awq-on-v100", "an AWQ checkpoint on a V100 (compute capability 7.0)",
+         ("plan", "-p", "{profile}", "--gpus-file", "{fixtures}/gpus/1x-v100.json"),
+         ExitCode.PLAN, "is AWQ, which vLLM 0.33.0 runs only on compute capability 7.5",
+         "use the BF16 checkpoint it suggests, or a newer GPU",
+         setup=one_service("Qwen/Qwen3-8B-AWQ")),
+    Case("fp8-on-v100", "an FP8 checkpoint on a V100 (compute capability 7.0)",
+         ("plan", "-p", "{profile}", "--gpus-file", "{fixtures}/gpus/1x-v100.json"),
+         ExitCode.PLAN, "is FP8, which vLLM 0.33.0 runs only on compute capability 7.5",
+         "use the BF16 checkpoint it suggests, or a newer GPU",
+         setup=one_service("Qwen/Qwen3-1.7B-FP8")),
+    Case("memory-does-not-fit", "a model too big for its GPU", UP, ExitCode.PLAN,
+         "does not fit on GPU", "apply one of the fixes it lists (context, fp8 KV, smaller checkpoint)",
+         setup=profile(mini={"model": "Qwen/Qwen3-32B"})),
+    Case("utilization-too-small", "a fixed gpu_memory_utilization too small for one request",
+         UP, ExitCode.PLAN, "vLLM would refuse to start",
+         "raise it, set it to auto, or shorten the context",
+         setup=profile(mini={"gpu_memory_utilization": 0.3})),
+    # --- the Docker engine ----------------------------------------------------------------------
+    Case("docker-unreachable", "the Docker engine is not running", UP, ExitCode.DOCKER,
+         "cannot reach the Docker engine", "start dockerd (`make docker`), or fix DOCKER_HOST",
+         setup=GOOD, env=(("DOCKER_HOST", "unix://{tmp}/no-dockerd-here.sock"),)),
+    Case("docker-permission-denied", "the Docker socket refuses this user",
+         ("status",), ExitCode.DOCKER, "permission denied on the Docker socket",
+         "add the user to the docker group (or run as root)",
+         setup=unix_socket_mode_000, env=(("DOCKER_HOST", "unix://{tmp}/docker-000.sock"),),
+         runner="no-dac"),
+    Case("port-in-use", "a port another process on the host listens on", UP, ExitCode.DEPLOY,
+         "port ", "stop that process or change `port:`; nothing was started",
+         setup=listen_on_port_of("micro"), engine=True),
+    Case("port-of-another-deployment", "a port another deployment's container publishes",
+         ("--deployment", "{other}", *UP), ExitCode.DEPLOY, "is published by container",
+         "change `port:`, or `down` the other deployment", setup=GOOD, engine=True),
+    Case("image-not-built", "the stand-in image is missing", (*UP, "--image",
+         "qwen-deploy/vllm-standin:not-built"), ExitCode.DEPLOY,
+         "the stand-in image qwen-deploy/vllm-standin:not-built is not built",
+         "`make images`", setup=GOOD, engine=True),
+    Case("image-cannot-be-pulled", "the vLLM image is missing and cannot be pulled",
+         ("up", "-p", "{profile}", "--gpus-file", "{gpus}", "--engine", "vllm", "--image",
+          "registry.invalid/vllm-openai:v0.33.0"), ExitCode.DEPLOY,
+         "cannot pull registry.invalid/vllm-openai:v0.33.0",
+         "check network and registry access, or `docker pull` it", setup=GOOD, engine=True,
+         progress=True),
+    # --- the deployment directory and its services ----------------------------------------------
+    Case("bad-deployment-name", "a deployment name with spaces or capitals",
+         ("--deployment", "Bad Name", *RENDER), ExitCode.STATE, "bad deployment name",
+         "use lower-case letters, digits, '-' and '_'", setup=GOOD),
+    Case("no-such-deployment", "`restart` of a deployment that was never created",
+         ("--deployment", "never-created", "restart"), ExitCode.STATE,
+         "no deployment 'never-created'", "`qwen-deploy up` first"),
+    Case("logs-unknown-service", "`logs` of a service that does not exist", ("logs", "nano"),
+         ExitCode.PROFILE, "no service 'nano'", "use a name or alias that `status` shows"),
+    Case("restart-unknown-service", "`restart` of a service that does not exist",
+         ("restart", "nano"), ExitCode.PROFILE, "no service 'nano'",
+         "use a name or alias that `status` shows"),
+    Case("verify-unknown-service", "`verify` of a service that does not exist",
+         ("verify", "nano"), ExitCode.PROFILE, "no service 'nano'",
+         "use a name or alias that `status` shows"),
+    Case("plan-json-hand-edited", "plan.json edited by hand into something that is not JSON",
+         ("status",), ExitCode.STATE, "is not a valid plan",
+         "`qwen-deploy up` (or `render`) writes it again; `down` still works",
+         setup=hand_edit("plan.json", lambda text: text[: len(text) // 2])),
+    Case("plan-json-other-version", "plan.json from another qwen-deploy version",
+         ("restart", "mini"), ExitCode.STATE, "schema_version 99 is not 1",
+         "`qwen-deploy up` writes it again", setup=plan_json(_future)),
+    Case("env-file-hand-edited", ".env edited by hand into something compose cannot read",
+         RENDER, ExitCode.STATE, ".env:2: expected NAME=value",
+         "fix the line, or delete .env and render again (new keys)",
+         setup=hand_edit(".env", lambda text: text + "this line is not an assignment\n")),
+    Case("env-key-hand-edited", "a key in .env edited into one with spaces or quotes", UP,
+         ExitCode.STATE, "QWEN_DEPLOY_API_KEY_MINI is not a usable API key",
+         "fix the line, or delete it and `render` writes a new key",
+         setup=hand_edit(".env", _bad_key_line), engine=True),
+    Case("deployment-locked", "another `up`/`down`/`render` is running on the deployment",
+         RENDER, ExitCode.LOCKED, "is locked by pid 4242",
+         "wait for it, or pass --wait SECONDS", setup=hold_lock),
+)  # fmt: skip
+
+
+# --- running a case -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def entry_point() -> list[str]:
+    """The installed `qwen-deploy` console script of this interpreter (venv or not)."""
+    script = Path(sys.executable).parent / "qwen-deploy"
+    if not script.is_file():
+        raise RuntimeError(f"{script} is missing: install the project (`pip install -e .`)")
+    return [str(script)]
+
+
+def without_dac_override(command: list[str]) -> list[str]:
+    """Run `command` the way a user outside the docker group runs: for root, without the
+    capabilities that let it open any file (a non-root user has none of them anyway)."""
+    if os.geteuid() != 0:
+        return command
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+
+
+def run_case(case: Case, ws: Workspace, base_env: dict[str, str | None]) -> Outcome:
+    args = ["--home", str(ws.home), "--deployment", ws.deployment]
+    args += [ws.format(a) for a in case.args]
+    env: dict[str, str | None] = {"NO_COLOR": "1", "HF_TOKEN": None, **base_env}
+    env.update({k: None if v is None else ws.format(v) for k, v in case.env})
+    if case.runner == "cli":
+        from click.testing import CliRunner
+
+        from deployer.cli.main import cli
+
+        result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+        return Outcome(result.exit_code, result.stdout, result.stderr)
+    assert case.runner == "no-dac", case.runner
+    full = {k: v for k, v in os.environ.items() if k not in env or env[k] is not None}
+    full.update({k: v for k, v in env.items() if v is not None})
+    done = subprocess.run(
+        without_dac_override([*entry_point(), *args]),
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def check_outcome(case: Case, outcome: Outcome) -> None:
+    """One `error:` line with the fragment, the case's exit code, no traceback, no stdout."""
+    shown = f"exit {outcome.code}\nstdout: {outcome.stdout!r}\nstderr: {outcome.stderr!r}"
+    assert outcome.code == case.code, shown
+    assert "Traceback" not in outcome.stdout + outcome.stderr, shown
+    assert outcome.stdout == "", shown
+    lines = outcome.stderr.rstrip("\n").splitlines()
+    assert lines and lines[-1].startswith("error: "), shown
+    if case.progress:  # a pull that failed: its progress lines, then the error
+        assert all(line.startswith("  ") for line in lines[:-1]), shown
+    else:
+        assert len(lines) == 1, shown
+    assert case.fragment in lines[-1], shown
+
+
+# --- "changes nothing" ----------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
+    """Every file under root but lock files: mode, inode (an atomic rewrite makes a new one) and
+    a digest of the contents."""
+    found = {}
+    for path in sorted(root.rglob("*")) if root.exists() else []:
+        if path.is_file() and path.name != ".lock":
+            data = path.read_bytes()
+            info = path.stat()
+            found[str(path.relative_to(root))] = (
+                info.st_mode,
+                info.st_ino,
+                hashlib.sha256(data).hexdigest(),
+            )
+    return found
+
+
+@contextlib.contextmanager
+def restored(directory: Path) -> Iterator[None]:
+    """Put the directory's files back as they were (a case's setup edits them by hand)."""
+    saved = {p: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+    try:
+        yield
+    finally:
+        for path in directory.iterdir():
+            if path.is_file() and path not in saved:
+                path.unlink()
+        for path, data in saved.items():
+            if not path.exists() or path.read_bytes() != data:
+                path.write_bytes(data)
+
+
+# --- the README's table ---------------------------------------------------------------------------
+
+
+def markdown_table() -> str:
+    """The troubleshooting table, one row per case, for docs/ and the README."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| case | what happened | exit | the error line says | what to do |",
+        "|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        lines.append(
+            f"| `{case.id}` | {cell(case.situation)} | {int(case.code)} "
+            f"{case.code.name.lower()} | `{cell(case.fragment.strip())}` | {cell(case.fix)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())
