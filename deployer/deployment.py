@@ -221,9 +221,11 @@ def resolve_api_keys(
         else:
             key = existing.get(var) or secrets.token_urlsafe(32)
         if not API_KEY_PATTERN.match(key):
+            origin = f" (from ${spec.api_key_env})" if spec.api_key_env else ""
             raise ProfileError(
-                f"the API key for {service.name} has characters that would break the .env file "
-                "or the Authorization header (allowed: 8-256 of letters, digits and ._~+/=-)"
+                f"the API key for {service.name}{origin} has characters that would break the "
+                ".env file or the Authorization header (allowed: 8-256 of letters, digits and "
+                "._~+/=-)"
             )
         keys[var] = key
     return keys

@@ -146,6 +146,9 @@ def vllm_args(service: ServicePlan) -> tuple[str, ...]:
             "rope_type": "yarn",
             "factor": service.yarn_factor,
             "original_max_position_embeddings": 32768,
+            # --hf-overrides replaces rope_parameters whole: keep Qwen3's base, or MoE models
+            # fall back to 10000 (found by the real vLLM parser check, tests/vllm).
+            "rope_theta": 1000000,
         }
         args += [
             "--hf-overrides",

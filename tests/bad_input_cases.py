@@ -115,6 +115,21 @@ def profile(**services: dict[str, Any]) -> Setup:
     return setup
 
 
+def together(*setups: Setup) -> Setup:
+    """Run several setups; their cleanups run in reverse order."""
+
+    def setup(ws: Workspace) -> Cleanup:
+        cleanups = [c for c in (s(ws) for s in setups) if c is not None]
+
+        def cleanup() -> None:
+            for undo in reversed(cleanups):
+                undo()
+
+        return cleanup
+
+    return setup
+
+
 def profile_text(text: str) -> Setup:
     def setup(ws: Workspace) -> None:
         ws.profile.write_text(text)
@@ -210,10 +225,15 @@ def _future(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def _bad_key_line(text: str) -> str:
-    return "\n".join(
-        "QWEN_DEPLOY_API_KEY_MINI=pasted key with spaces" if line.startswith("QWEN_DEPLOY_API_KEY_MINI=") else line
-        for line in text.splitlines()
-    ) + "\n"
+    return (
+        "\n".join(
+            "QWEN_DEPLOY_API_KEY_MINI=pasted key with spaces"
+            if line.startswith("QWEN_DEPLOY_API_KEY_MINI=")
+            else line
+            for line in text.splitlines()
+        )
+        + "\n"
+    )
 
 
 # Start a command with the deployment's own profile and inventory, on the stand-in engine.
@@ -235,7 +255,7 @@ CASES: tuple[Case, ...] = (
     Case("hf-token-file-malformed", "`--hf-token-file` holds more than one token",
          (*UP, "--hf-token-file", "{tmp}/token"), ExitCode.USAGE,
          "must hold one token on one line", "put the token alone on the first line",
-         setup=lambda ws: (GOOD(ws), file_in_tmp("token", "hf_abc\nhf_def\n")(ws))[1]),
+         setup=together(GOOD, file_in_tmp("token", "hf_abc\nhf_def\n"))),
     # --- the profile ----------------------------------------------------------------------------
     Case("profile-not-yaml", "the profile is not valid YAML", UP, ExitCode.PROFILE,
          "not valid YAML (line", "fix the line the message names",
@@ -266,13 +286,14 @@ CASES: tuple[Case, ...] = (
          UP, ExitCode.PROFILE, "keys are 8-256 characters",
          "use letters, digits and ._~+/=- (or omit api_key to generate one)",
          setup=profile(mini={"api_key": "k3y with spaces\nINJECTED=1 $HOME"})),
-    Case("api-key-env-breaks-env", "an `api_key_env` variable holding such characters", UP,
+    Case("api-key-env-breaks-env", "an `api_key_env` variable holding such characters", RENDER,
          ExitCode.PROFILE, "has characters that would break the .env file",
          "export a key of letters, digits and ._~+/=-",
          setup=profile(mini={"api_key": None, "api_key_env": "QD_TEST_MINI_KEY"}),
          env=(("QD_TEST_MINI_KEY", 'abc"def\nINJECTED=1'),)),
-    Case("api-key-env-unset", "`api_key_env` names a variable that is not set", UP,
-         ExitCode.PROFILE, "$QD_TEST_UNSET_KEY is not set",
+    # An existing deployment keeps the key its .env holds; a new one has none to fall back on.
+    Case("api-key-env-unset", "`api_key_env` names a variable that is not set (new deployment)",
+         ("--deployment", "{other}", *RENDER), ExitCode.PROFILE, "$QD_TEST_UNSET_KEY is not set",
          "export it, or remove api_key_env to generate a key",
          setup=profile(mini={"api_key": None, "api_key_env": "QD_TEST_UNSET_KEY"}),
          env=(("QD_TEST_UNSET_KEY", None),)),
@@ -288,12 +309,12 @@ CASES: tuple[Case, ...] = (
     Case("gpus-file-not-json", "a `--gpus-file` that is not JSON",
          ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/gpus.txt"), ExitCode.INVENTORY,
          "not valid JSON", "write it with `qwen-deploy gpus --json`",
-         setup=lambda ws: (GOOD(ws), file_in_tmp("gpus.txt", "GPU 0: RTX 4090\n")(ws))[1]),
+         setup=together(GOOD, file_in_tmp("gpus.txt", "GPU 0: RTX 4090\n"))),
     Case("gpus-file-missing-fields", "a `--gpus-file` that lacks fields",
          ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/gpus-short.json"),
          ExitCode.INVENTORY, "missing name, memory_total_mib, compute_capability",
          "add the fields the message names",
-         setup=lambda ws: (GOOD(ws), file_in_tmp("gpus-short.json", '{"gpus": [{"index": 0}]}')(ws))[1]),
+         setup=together(GOOD, file_in_tmp("gpus-short.json", '{"gpus": [{"index": 0}]}'))),
     Case("gpus-file-unreadable", "a `--gpus-file` that does not exist",
          ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/none.json"), ExitCode.INVENTORY,
          "cannot read GPU file", "check the path", setup=GOOD),
@@ -334,7 +355,8 @@ CASES: tuple[Case, ...] = (
          setup=unix_socket_mode_000, env=(("DOCKER_HOST", "unix://{tmp}/docker-000.sock"),),
          runner="no-dac"),
     Case("port-in-use", "a port another process on the host listens on", UP, ExitCode.DEPLOY,
-         "port ", "stop that process or change `port:`; nothing was started",
+         "of service micro is already in use on 127.0.0.1 by another process",
+         "stop that process or change `port:`; nothing was started",
          setup=listen_on_port_of("micro"), engine=True),
     Case("port-of-another-deployment", "a port another deployment's container publishes",
          ("--deployment", "{other}", *UP), ExitCode.DEPLOY, "is published by container",
@@ -372,7 +394,7 @@ CASES: tuple[Case, ...] = (
          ("restart", "mini"), ExitCode.STATE, "schema_version 99 is not 1",
          "`qwen-deploy up` writes it again", setup=plan_json(_future)),
     Case("env-file-hand-edited", ".env edited by hand into something compose cannot read",
-         RENDER, ExitCode.STATE, ".env:2: expected NAME=value",
+         RENDER, ExitCode.STATE, ".env:5: expected NAME=value",
          "fix the line, or delete .env and render again (new keys)",
          setup=hand_edit(".env", lambda text: text + "this line is not an assignment\n")),
     Case("env-key-hand-edited", "a key in .env edited into one with spaces or quotes", UP,

@@ -186,13 +186,6 @@ def test_real_engine_config_accepts_the_plan(real_vllm: RealVllm, name: str) -> 
         assert hf.rope_parameters["original_max_position_embeddings"] == 32768
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec.vllm_args: --hf-overrides replaces rope_parameters whole and leaves out "
-    "rope_theta; vLLM's qwen3_moe.py then builds RoPE with get_rope()'s default base 10000 "
-    "instead of Qwen3's 1000000 (qwen3.py happens to default to 1000000). Fix: add "
-    '"rope_theta": 1000000 to the rope dict in vllm_args.',
-)
 @pytest.mark.parametrize("name", ["yarn-dense", "yarn-moe"])
 def test_yarn_override_keeps_qwen3_rope_theta(real_vllm: RealVllm, name: str) -> None:
     config = real_vllm.engine_config(vllm_args(SERVICES[name]))
