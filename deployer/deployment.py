@@ -61,8 +61,12 @@ class DeploymentDir:
     # --- writing ---------------------------------------------------------------------------
 
     def write_files(self, files: Mapping[str, str]) -> None:
-        """Write rendered files atomically; .env gets mode 0600 from the start."""
+        """Write rendered files atomically; .env gets mode 0600 from the start. Temp files a
+        killed writer left behind are removed first (callers hold the lock: none is live)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            for stale in self.path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         for name, text in files.items():
             write_atomic(self.file(name), text, 0o600 if name == ENV_FILE else 0o644)
 

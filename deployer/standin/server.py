@@ -1247,12 +1247,30 @@ def chat_prompt_tokens(messages: Sequence[Any]) -> int:
     )
 
 
+def chat_prompt_text(messages: Sequence[Any], enable_thinking: bool) -> str:
+    """The prompt Qwen3's chat template renders (what `return_prompt_text` returns)."""
+    turns = "".join(
+        f"<|im_start|>{m.get('role')}\n{message_text(m)}<|im_end|>\n"
+        for m in messages
+        if isinstance(m, dict)
+    )
+    # enable_thinking=False makes the template close an empty thinking block itself.
+    return (
+        turns + "<|im_start|>assistant\n" + ("" if enable_thinking else "<think>\n\n</think>\n\n")
+    )
+
+
 @dataclass(frozen=True)
 class Piece:
-    """One generated token: the text it adds to a channel ("reasoning" or "content")."""
+    """One generated token: the text it adds to a channel ("reasoning" or "content").
+
+    thought: a thinking token between <think> and </think> (not the tags themselves), what a
+    reasoning parser counts as `usage.completion_tokens_details.reasoning_tokens`.
+    """
 
     channel: str
     text: str
+    thought: bool = False
 
 
 @dataclass(frozen=True)
@@ -1265,6 +1283,10 @@ class Generation:
     @property
     def completion_tokens(self) -> int:
         return len(self.pieces)
+
+    def reasoning_tokens(self, first: int | None = None) -> int:
+        """Thinking tokens among the first `first` tokens (all of them by default)."""
+        return sum(p.thought for p in self.pieces[:first])
 
     def text(self, channel: str) -> str | None:
         joined = "".join(p.text for p in self.pieces if p.channel == channel)
@@ -1309,7 +1331,7 @@ def generate_chat(
             for i, word in enumerate(
                 itertools.islice(thinking_words(prompt_text), thinking_tokens)
             ):
-                yield Piece(channel, ("\n" if i == 0 else " ") + word)
+                yield Piece(channel, ("\n" if i == 0 else " ") + word, thought=True)
             yield Piece(channel, "" if reasoning_parser else "\n</think>")
         for i, word in enumerate(answer_words(prompt_text, answer_tokens)):
             prefix = ("\n\n" if thinking else "") if i == 0 else " "
@@ -1506,30 +1528,118 @@ class RequestError(Exception):
         }
 
 
+MAX_ERROR_INPUT_CHARS = 200  # serve/exception_handling/handlers/validation.py
+MAX_ERROR_CHARS = 1000
+
+
+def summarize_error_input(value: Any) -> str:
+    """A validation error's `input` as vLLM echoes it: containers by size, the rest as text."""
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{type(value).__name__} of {len(value)} bytes>"
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > MAX_ERROR_INPUT_CHARS:
+        return text[:MAX_ERROR_INPUT_CHARS] + "...[truncated]"
+    return text
+
+
+def sanitize_message(message: str) -> str:
+    """vLLM's scrub of error messages: no memory addresses, tracebacks or file paths."""
+    message = re.sub(r" at 0x[0-9a-fA-F]+>", ">", message)
+    message = re.sub(r'\n?\s*File "[^"]+", line \d+, in \S+(\n\s+.*)?', "", message)
+    message = re.sub(r"/(?:home|usr|opt|var|tmp|root|lib|mnt|srv)(?:/[\w.\-]+)+", "<path>", message)
+    message = re.sub(r"(?:/[\w\-]+)+/[\w\-]+\.\w+", "<path>", message)
+    return message.strip()
+
+
+def _format_error(error: Any) -> str:
+    if isinstance(error, dict) and "input" in error:
+        error = {**error, "input": summarize_error_input(error["input"])}
+    text = str(error)
+    return text[:MAX_ERROR_CHARS] + "...[truncated]" if len(text) > MAX_ERROR_CHARS else text
+
+
 def validation_error(errors: list[Any], param: str | None) -> RequestError:
     """FastAPI RequestValidationError as vLLM renders it (400, type "Bad Request")."""
     label = "error" if len(errors) == 1 else "errors"
-    message = f"{len(errors)} validation {label}:\n" + "".join(f"  {e}\n" for e in errors)
-    return RequestError(400, message.rstrip(), "Bad Request", param)
+    message = f"{len(errors)} validation {label}:\n"
+    message += "".join(f"  {_format_error(e)}\n" for e in errors)
+    return RequestError(400, sanitize_message(message), "Bad Request", param)
+
+
+def field_error(key: str, kind: str, msg: str, value: Any) -> RequestError:
+    """One pydantic error on body field `key`."""
+    error = {"type": kind, "loc": f"body.{key}", "msg": msg, "input": value}
+    return validation_error([error], f"body.{key}")
+
+
+_INT_TEXT = re.compile(r"[+-]?\d+(?:\.0*)?")
+_FLOAT_TEXT = re.compile(
+    r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:inf|infinity|nan)", re.I
+)
 
 
 def _int_field(body: dict[str, Any], key: str) -> int | None:
+    """An optional int field with pydantic's lax coercion (true, 5.0 and "5" are accepted)."""
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise validation_error(
-            [
-                {
-                    "type": "int_type",
-                    "loc": f"body.{key}",
-                    "msg": "Input should be a valid integer",
-                    "input": value,
-                }
-            ],
-            f"body.{key}",
-        )
-    return value
+    if isinstance(value, int):  # bool included: pydantic takes true as 1
+        return int(value)
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        msg = "Input should be a valid integer, got a number with a fractional part"
+        raise field_error(key, "int_from_float", msg, value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _INT_TEXT.fullmatch(text):
+            return int(text.split(".", 1)[0])
+        msg = "Input should be a valid integer, unable to parse string as an integer"
+        raise field_error(key, "int_parsing", msg, value)
+    raise field_error(key, "int_type", "Input should be a valid integer", value)
+
+
+def _float_field(body: dict[str, Any], key: str) -> float | None:
+    """An optional float field with pydantic's lax coercion (true and "0.5" are accepted)."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value.strip())
+    if isinstance(value, str):
+        msg = "Input should be a valid number, unable to parse string as a number"
+        raise field_error(key, "float_parsing", msg, value)
+    raise field_error(key, "float_type", "Input should be a valid number", value)
+
+
+def include_usage(options: Any, force: bool) -> tuple[bool, bool]:
+    """(usage chunk at the end, usage on every chunk): serve/utils/api_utils.py."""
+    if force:
+        return True, True
+    if not isinstance(options, dict):
+        return False, False
+    usage = bool(options.get("include_usage"))
+    return usage, usage and bool(options.get("continuous_usage_stats"))
+
+
+def usage_info(prompt: int, completion: int, details: dict[str, int] | None) -> dict[str, Any]:
+    """UsageInfo with every field, as a non-streamed response carries it."""
+    return {
+        "prompt_tokens": prompt,
+        "total_tokens": prompt + completion,
+        "completion_tokens": completion,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": details,
+    }
+
+
+def without_none(payload: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's exclude_none on one object (vLLM's final usage chunk)."""
+    return {k: v for k, v in payload.items() if v is not None}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -1611,7 +1721,7 @@ class Handler(BaseHTTPRequestHandler):
                         "type": "json_invalid",
                         "loc": f"body.{pos}",
                         "msg": "JSON decode error",
-                        "input": "<dict of 0 items>",
+                        "input": {},
                         "ctx": {"error": msg},
                     }
                 ],
@@ -1625,7 +1735,7 @@ class Handler(BaseHTTPRequestHandler):
                         "loc": "body",
                         "msg": "Input should be a valid dictionary or object to extract "
                         "fields from",
-                        "input": str(body)[:200],
+                        "input": body,
                     }
                 ],
                 "body",
@@ -1768,9 +1878,13 @@ class Handler(BaseHTTPRequestHandler):
                 "BadRequestError",
                 param,
             )
-        if requested is not None and requested < 1:
+        if requested is not None and requested < 1:  # SamplingParams._verify_args
             raise RequestError(
-                400, f"max_tokens must be at least 1, got {requested}.", "BadRequestError"
+                400,
+                f"max_tokens must be at least 1, got {requested}. "
+                f"(parameter=max_tokens, value={requested})",
+                "BadRequestError",
+                "max_tokens",
             )
         if prompt_tokens > max_model_len:
             raise RequestError(
@@ -1837,47 +1951,30 @@ class Handler(BaseHTTPRequestHandler):
             "frequency_penalty",
             "repetition_penalty",
         ):
-            value = body.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
-                raise validation_error(
-                    [
-                        {
-                            "type": "float_type",
-                            "loc": f"body.{key}",
-                            "msg": "Input should be a valid number",
-                            "input": value,
-                        }
-                    ],
-                    f"body.{key}",
-                )
+            _float_field(body, key)
         _int_field(body, "top_k")
         _int_field(body, "n")
         _int_field(body, "seed")
 
-    def _usage(self, prompt: int, completion: int) -> dict[str, Any]:
-        return {
-            "prompt_tokens": prompt,
-            "total_tokens": prompt + completion,
-            "completion_tokens": completion,
-            "prompt_tokens_details": None,
-        }
+    def _reasoning_details(self, reasoning_tokens: int) -> dict[str, int] | None:
+        """usage.completion_tokens_details: only a server with a reasoning parser counts."""
+        if not self.engine.settings.args.reasoning_parser:
+            return None
+        return {"reasoning_tokens": reasoning_tokens}
 
     def _chat(self) -> None:
         settings = self.engine.settings
         body = self._body()
         messages = body.get("messages")
         if not isinstance(messages, list):
+            missing = messages is None
             raise validation_error(
                 [
                     {
-                        "type": "missing" if messages is None else "list_type",
+                        "type": "missing" if missing else "list_type",
                         "loc": "body.messages",
-                        "msg": "Field required"
-                        if messages is None
-                        else "Input should be a valid list",
-                        "input": f"<dict of {len(body)} items>",
+                        "msg": "Field required" if missing else "Input should be a valid list",
+                        "input": body if missing else messages,
                     }
                 ],
                 "body.messages",
@@ -1891,20 +1988,27 @@ class Handler(BaseHTTPRequestHandler):
             kwargs.update(body["chat_template_kwargs"])
         users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         last_user = message_text(users[-1]) if users else ""
-        thinking = bool(kwargs.get("enable_thinking", True)) and "/no_think" not in last_user
+        enable_thinking = bool(kwargs.get("enable_thinking", True))
         generation = generate_chat(
             last_user,
             max_tokens=max_tokens,
-            thinking=thinking,
+            thinking=enable_thinking and "/no_think" not in last_user,
             reasoning_parser=settings.args.reasoning_parser in ("qwen3", "deepseek_r1"),
             thinking_tokens=settings.thinking_tokens,
             answer_tokens=settings.answer_tokens,
+        )
+        prompt_text = (
+            chat_prompt_text(messages, enable_thinking)
+            if body.get("return_prompt_text") is True
+            else None
         )
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         model = settings.served_names[0]
         if body.get("stream"):
-            self._chat_stream(body, request_id, created, model, prompt_tokens, generation)
+            self._chat_stream(
+                body, request_id, created, model, prompt_tokens, prompt_text, generation
+            )
         else:
             n = max(1, _int_field(body, "n") or 1)
             self._run(prompt_tokens, generation, lambda i: None)
@@ -1925,8 +2029,14 @@ class Handler(BaseHTTPRequestHandler):
                 "finish_reason": generation.finish_reason,
                 "stop_reason": None,
                 "token_ids": None,
+                "routed_experts": None,
+                "weight_versions": None,
             }
-            completion_tokens = generation.completion_tokens * n
+            usage = usage_info(
+                prompt_tokens,
+                generation.completion_tokens * n,
+                self._reasoning_details(generation.reasoning_tokens() * n),
+            )
             self._json(
                 200,
                 {
@@ -1937,10 +2047,13 @@ class Handler(BaseHTTPRequestHandler):
                     "choices": [{"index": i, **choice} for i in range(n)],
                     "service_tier": None,
                     "system_fingerprint": settings.fingerprint,
-                    "usage": self._usage(prompt_tokens, completion_tokens),
+                    "usage": usage,
                     "prompt_logprobs": None,
                     "prompt_token_ids": None,
+                    "prompt_text": prompt_text,
                     "kv_transfer_params": None,
+                    "ec_transfer_params": None,
+                    "metrics": None,
                 },
             )
         self._after_chat()
@@ -1952,27 +2065,68 @@ class Handler(BaseHTTPRequestHandler):
         created: int,
         model: str,
         prompt_tokens: int,
+        prompt_text: str | None,
         generation: Generation,
     ) -> None:
+        """SSE chunks as vLLM 0.33.0 serializes them (exclude_unset: a field is there only
+        where serving.py sets it, null or not)."""
         settings = self.engine.settings
-        options = body.get("stream_options") or {}
-        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        final_usage, continuous_usage = include_usage(
+            body.get("stream_options"), bool(settings.args.enable_force_include_usage)
+        )
         broken = "broken_stream" in settings.faults
         cut = generation.completion_tokens // 2 if broken else -1
 
-        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        def running_usage(tokens: int) -> dict[str, Any]:
+            usage = usage_info(
+                prompt_tokens, tokens, self._reasoning_details(generation.reasoning_tokens(tokens))
+            )
+            del usage["prompt_tokens_details"]  # not set, so left out
+            return usage
+
+        def chunk(choice: dict[str, Any]) -> dict[str, Any]:
             return {
                 "id": request_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                ],
+                "choices": [choice],
             }
 
+        first = chunk(
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        )
+        if continuous_usage:
+            first["usage"] = running_usage(0)
+        first.update(prompt_token_ids=None, prompt_text=prompt_text)
+
+        def token_chunk(delta: dict[str, Any], tokens: int, finish: str | None) -> None:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            if finish:
+                choice["stop_reason"] = None
+            choice["token_ids"] = None
+            if finish:
+                choice["weight_versions"] = None
+            payload = chunk(choice)
+            if continuous_usage:
+                payload["usage"] = running_usage(tokens)
+            if finish and not final_usage:  # else the usage chunk is the last message
+                payload["system_fingerprint"] = settings.fingerprint
+            payload["kv_transfer_params"] = None
+            self._event(payload)
+
         self._start_stream()
-        self._event(chunk({"role": "assistant", "content": ""}, None))
+        self._event(first)
         last = generation.completion_tokens - 1
 
         def emit(i: int) -> None:
@@ -1981,8 +2135,7 @@ class Handler(BaseHTTPRequestHandler):
             piece = generation.pieces[i]
             finish = generation.finish_reason if i == last else None
             if piece.text or finish:
-                delta = {piece.channel: piece.text} if piece.text else {}
-                self._event(chunk(delta, finish))
+                token_chunk({piece.channel: piece.text} if piece.text else {}, i + 1, finish)
 
         try:
             self._run(prompt_tokens, generation, emit)
@@ -1994,8 +2147,13 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if generation.completion_tokens == 0:
-            self._event(chunk({}, generation.finish_reason))
-        if include_usage:
+            token_chunk({}, 0, generation.finish_reason)
+        if final_usage:
+            usage = usage_info(
+                prompt_tokens,
+                generation.completion_tokens,
+                self._reasoning_details(generation.reasoning_tokens()),
+            )
             self._event(
                 {
                     "id": request_id,
@@ -2003,30 +2161,52 @@ class Handler(BaseHTTPRequestHandler):
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": self._usage(prompt_tokens, generation.completion_tokens),
+                    "usage": without_none(usage),
+                    "system_fingerprint": settings.fingerprint,
                 }
             )
         self._event("[DONE]")
         self._end_stream()
 
+    def _prompt(self, body: dict[str, Any]) -> str:
+        """The text of /v1/completions' `prompt` (a string or a list of strings)."""
+        prompt = body.get("prompt")
+        if prompt is None or prompt == "":  # CompletionRequest.validate_prompt_and_prompt_embeds
+            raise RequestError(
+                400,
+                "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+                "BadRequestError",
+                "prompt",
+            )
+        if prompt == []:
+            raise RequestError(
+                400,
+                "You must pass at least one prompt (parameter=prompt)",
+                "BadRequestError",
+                "prompt",
+            )
+        if isinstance(prompt, list):
+            return " ".join(str(p) for p in prompt if isinstance(p, str))
+        if not isinstance(prompt, str):
+            # One error per branch of list[int] | list[list[int]] | str | list[str].
+            list_type = {
+                "type": "list_type",
+                "loc": "body.prompt",
+                "msg": "Input should be a valid list",
+                "input": prompt,
+            }
+            string_type = {
+                **list_type,
+                "type": "string_type",
+                "msg": "Input should be a valid string",
+            }
+            raise validation_error([list_type, list_type, string_type, list_type], "body.prompt")
+        return prompt
+
     def _completions(self) -> None:
         settings = self.engine.settings
         body = self._body()
-        prompt = body.get("prompt")
-        if isinstance(prompt, list):
-            prompt = " ".join(str(p) for p in prompt if isinstance(p, str))
-        if not isinstance(prompt, str):
-            raise validation_error(
-                [
-                    {
-                        "type": "missing",
-                        "loc": "body.prompt",
-                        "msg": "Field required",
-                        "input": f"<dict of {len(body)} items>",
-                    }
-                ],
-                "body.prompt",
-            )
+        prompt = self._prompt(body)
         self._sampling(body)
         self._check_model(body)
         prompt_tokens = count_tokens(prompt)
@@ -2058,46 +2238,63 @@ class Handler(BaseHTTPRequestHandler):
                             "token_ids": None,
                             "prompt_logprobs": None,
                             "prompt_token_ids": None,
+                            "routed_experts": None,
+                            "weight_versions": None,
                         }
                     ],
                     "service_tier": None,
                     "system_fingerprint": settings.fingerprint,
-                    "usage": self._usage(prompt_tokens, generation.completion_tokens),
+                    "usage": usage_info(prompt_tokens, generation.completion_tokens, None),
                     "kv_transfer_params": None,
+                    "ec_transfer_params": None,
+                    "metrics": None,
                 },
             )
             return
-        options = body.get("stream_options") or {}
-        include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+        final_usage, continuous_usage = include_usage(
+            body.get("stream_options"), bool(settings.args.enable_force_include_usage)
+        )
         last = generation.completion_tokens - 1
         self._start_stream()
 
         def emit(i: int) -> None:
             finish = generation.finish_reason if i == last else None
-            self._event(
-                {
-                    "id": request_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": generation.pieces[i].text,
-                            "logprobs": None,
-                            "finish_reason": finish,
-                            "stop_reason": None,
-                        }
-                    ],
+            payload: dict[str, Any] = {
+                "id": request_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": generation.pieces[i].text,
+                        "logprobs": None,
+                        "finish_reason": finish,
+                        "stop_reason": None,
+                        "prompt_token_ids": None,
+                        "token_ids": None,
+                        "weight_versions": None,
+                    }
+                ],
+            }
+            if continuous_usage:
+                payload["usage"] = {
+                    "prompt_tokens": prompt_tokens,
+                    "total_tokens": prompt_tokens + i + 1,
+                    "completion_tokens": i + 1,
                 }
-            )
+            if finish and not final_usage:
+                payload["system_fingerprint"] = settings.fingerprint
+            payload["kv_transfer_params"] = None
+            self._event(payload)
 
         try:
             self._run(prompt_tokens, generation, emit)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             return
-        if include_usage:
+        if final_usage:
+            usage = usage_info(prompt_tokens, generation.completion_tokens, None)
             self._event(
                 {
                     "id": request_id,
@@ -2105,7 +2302,8 @@ class Handler(BaseHTTPRequestHandler):
                     "created": created,
                     "model": model,
                     "choices": [],
-                    "usage": self._usage(prompt_tokens, generation.completion_tokens),
+                    "usage": without_none(usage),
+                    "system_fingerprint": settings.fingerprint,
                 }
             )
         self._event("[DONE]")

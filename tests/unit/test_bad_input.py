@@ -44,7 +44,8 @@ def ws(tmp_path: Path) -> Workspace:
     workspace.write_profile(workspace.good_profile())
     args = ["render", "-p", str(workspace.profile), "--gpus-file", str(workspace.gpus_file)]
     result = CliRunner().invoke(
-        cli, ["--home", str(workspace.home), "--deployment", "healthy", *args, "--engine", "stand-in"]
+        cli,
+        ["--home", str(workspace.home), "--deployment", "healthy", *args, "--engine", "stand-in"],
     )
     assert result.exit_code == 0, result.output
     assert {".env", "compose.yaml", "plan.json"} <= {p.name for p in workspace.dir.iterdir()}
