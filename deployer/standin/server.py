@@ -1254,10 +1254,10 @@ def chat_prompt_text(messages: Sequence[Any], enable_thinking: bool) -> str:
         for m in messages
         if isinstance(m, dict)
     )
-    # enable_thinking=False makes the template close an empty thinking block itself.
-    return (
-        turns + "<|im_start|>assistant\n" + ("" if enable_thinking else "<think>\n\n</think>\n\n")
-    )
+    generation_prompt = "<|im_start|>assistant\n"
+    if not enable_thinking:  # the template closes an empty thinking block itself
+        generation_prompt += "<think>\n\n</think>\n\n"
+    return turns + generation_prompt
 
 
 @dataclass(frozen=True)

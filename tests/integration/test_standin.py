@@ -228,6 +228,7 @@ def test_completions_endpoint(standin: StartStandin) -> None:
         "total_tokens": 7,
         "completion_tokens": 4,
         "prompt_tokens_details": None,
+        "completion_tokens_details": None,  # as vLLM 0.33 sends on /v1/completions
     }
 
 

@@ -265,6 +265,7 @@ def test_yarn_context_renders_hf_overrides_as_json(catalog: Catalog) -> None:
         "rope_type": "yarn",
         "factor": 2.0,
         "original_max_position_embeddings": 32768,
+        "rope_theta": 1000000,
     }
 
 

@@ -1,16 +1,22 @@
 """The stand-in's pure parts: vLLM 0.33.0's argument parsing, the GPU-memory arithmetic and
-ledger, and the thinking/answer split (no Docker)."""
+ledger, the thinking/answer split, request validation, and the JSON fields of its responses
+(a local process, no Docker)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
 from deployer.standin import server
 
@@ -425,8 +431,33 @@ def test_thinking_counts_against_max_tokens(
         "hi", max_tokens=max_tokens, thinking=True, reasoning_parser=True, thinking_tokens=6
     )
     assert len((g.text("reasoning") or "").split()) == reasoning_words
+    assert g.reasoning_tokens() == reasoning_words  # the tags are not reasoning tokens
     assert (g.text("content"), g.finish_reason) == (content, finish)
     assert g.completion_tokens == min(max_tokens, 12)
+
+
+def test_reasoning_tokens_so_far_and_inline() -> None:
+    g = server.generate_chat(
+        "hi", max_tokens=100, thinking=True, reasoning_parser=False, thinking_tokens=3
+    )
+    assert [g.reasoning_tokens(n) for n in (0, 1, 2, 4, 5, 100)] == [0, 0, 1, 3, 3, 3]
+    off = server.generate_chat(
+        "hi", max_tokens=100, thinking=False, reasoning_parser=True, thinking_tokens=3
+    )
+    assert off.reasoning_tokens() == 0
+    assert server.generate_completion("a", max_tokens=5, answer_tokens=None).reasoning_tokens() == 0
+
+
+def test_prompt_text_is_qwen3s_template() -> None:
+    # Recorded from vLLM 0.33.0 (`return_prompt_text: true`) with Qwen3's chat template.
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi x"}]
+    assert server.chat_prompt_text(messages, enable_thinking=True) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi x<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert server.chat_prompt_text(messages[1:], enable_thinking=False) == (
+        "<|im_start|>user\nHi x<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
 
 
 def test_huge_thinking_is_built_lazily() -> None:
@@ -449,3 +480,291 @@ def test_faults_parse() -> None:
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown STANDIN_FAULT 'explode'"):
         server.parse_faults("explode")
+
+
+# -- request validation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("x", "x"),
+        ("y" * 201, "y" * 200 + "...[truncated]"),
+        (5.5, "5.5"),
+        (None, "None"),
+        ({"a": 1}, "<dict of 1 items>"),
+        ([1, 2], "<list of 2 items>"),
+        ({}, "<dict of 0 items>"),
+    ],
+)
+def test_validation_errors_show_inputs_as_vllm_does(value: Any, shown: str) -> None:
+    error = server.field_error("messages", "list_type", "Input should be a valid list", value)
+    assert (error.status, error.body["error"]["param"]) == (400, "body.messages")
+    assert error.body["error"]["message"] == (
+        "1 validation error:\n  {'type': 'list_type', 'loc': 'body.messages', "
+        f"'msg': 'Input should be a valid list', 'input': {shown!r}}}"
+    )
+
+
+def test_validation_messages_hide_paths() -> None:
+    error = server.field_error("prompt", "string_type", "m", "/home/me/secret.txt")
+    assert "'input': '<path>'" in str(error.body["error"]["message"])
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"), [(5, 5), (True, 1), (5.0, 5), ("5", 5), (" +5 ", 5), ("5.0", 5)]
+)
+def test_int_fields_coerce_like_pydantic(value: Any, parsed: int) -> None:
+    assert server._int_field({"n": value}, "n") == parsed
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(5.5, "int_from_float"), ("x", "int_parsing"), ("1e2", "int_parsing"), ([1], "int_type")],
+)
+def test_int_fields_reject_like_pydantic(value: Any, kind: str) -> None:
+    with pytest.raises(server.RequestError) as caught:
+        server._int_field({"n": value}, "n")
+    assert f"'type': '{kind}', 'loc': 'body.n'" in str(caught.value.body["error"]["message"])
+
+
+def test_float_fields_coerce_like_pydantic() -> None:
+    assert [server._float_field({"t": v}, "t") for v in (1, True, "0.5", " 1e-1 ")] == [
+        1.0, 1.0, 0.5, 0.1,
+    ]  # fmt: skip
+    for value, kind in (("x", "float_parsing"), ({}, "float_type")):
+        with pytest.raises(server.RequestError) as caught:
+            server._float_field({"t": value}, "t")
+        assert f"'type': '{kind}'" in str(caught.value.body["error"]["message"])
+
+
+def test_usage_options() -> None:
+    assert server.include_usage(None, force=False) == (False, False)
+    assert server.include_usage({"include_usage": True}, force=False) == (True, False)
+    assert server.include_usage({"continuous_usage_stats": True}, force=False) == (False, False)
+    both = {"include_usage": True, "continuous_usage_stats": True}
+    assert server.include_usage(both, force=False) == (True, True)
+    assert server.include_usage(None, force=True) == (True, True)  # --enable-force-include-usage
+
+
+# -- response fields ---------------------------------------------------------------------------
+# The keys of vLLM 0.33.0's responses, recorded from its serving code (the pinned wheel's
+# Python over a CPU build) with `--reasoning-parser qwen3`. The order is pydantic's.
+
+CHAT_KEYS = (
+    "id object created model choices service_tier system_fingerprint usage prompt_logprobs "
+    "prompt_token_ids prompt_text kv_transfer_params ec_transfer_params metrics"
+)
+CHAT_CHOICE_KEYS = (
+    "index message logprobs finish_reason stop_reason token_ids routed_experts weight_versions"
+)
+COMPLETION_KEYS = (
+    "id object created model choices service_tier system_fingerprint usage kv_transfer_params "
+    "ec_transfer_params metrics"
+)
+COMPLETION_CHOICE_KEYS = (
+    "index text logprobs finish_reason stop_reason token_ids prompt_logprobs prompt_token_ids "
+    "routed_experts weight_versions"
+)
+USAGE_KEYS = "prompt_tokens total_tokens completion_tokens prompt_tokens_details " + (
+    "completion_tokens_details"
+)
+CHUNK = "id object created model choices"
+STREAM_CHOICE = "index delta logprobs finish_reason"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def standin_url() -> Iterator[str]:
+    """A stand-in process on loopback: qwen3 reasoning parser, 4 thinking words, no delays."""
+    port = _free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "STANDIN_LOAD_SECONDS": "0",
+        "STANDIN_TTFT_MS": "0",
+        "STANDIN_TOKENS_PER_SECOND": "0",
+        "STANDIN_THINKING_TOKENS": "4",
+    }
+    argv = ["Qwen/Qwen3-8B", "--reasoning-parser", "qwen3", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), "serve", *argv, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            assert proc.poll() is None and time.monotonic() < deadline, "stand-in did not start"
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _post(url: str, path: str, **body: Any) -> requests.Response:
+    return requests.post(url + path, json=body, timeout=10)
+
+
+def _stream(url: str, path: str, **body: Any) -> list[dict[str, Any]]:
+    response = _post(url, path, stream=True, **body)
+    lines = [line for line in response.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+
+
+def _keys(payload: dict[str, Any]) -> str:
+    return " ".join(payload)
+
+
+def test_chat_response_fields(standin_url: str) -> None:
+    messages = [{"role": "user", "content": "Hello there"}]
+    body = _post(standin_url, "/v1/chat/completions", messages=messages, max_tokens=4).json()
+    assert _keys(body) == CHAT_KEYS
+    assert _keys(body["choices"][0]) == CHAT_CHOICE_KEYS
+    assert _keys(body["usage"]) == USAGE_KEYS
+    nulls = "prompt_text kv_transfer_params ec_transfer_params metrics prompt_token_ids"
+    assert {k: body[k] for k in nulls.split()} == dict.fromkeys(nulls.split())
+    assert body["choices"][0]["routed_experts"] is None
+    # <think> and 3 of the 4 thinking words
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}
+    off = _post(
+        standin_url,
+        "/v1/chat/completions",
+        messages=messages,
+        n=2,
+        return_prompt_text=True,
+        chat_template_kwargs={"enable_thinking": False},
+    ).json()
+    assert off["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+    assert off["prompt_text"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    full = _post(standin_url, "/v1/chat/completions", messages=messages, n=2).json()
+    assert full["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2 * 4}
+
+
+def test_completion_response_fields(standin_url: str) -> None:
+    body = _post(standin_url, "/v1/completions", prompt="Hello", max_tokens=2).json()
+    assert _keys(body) == COMPLETION_KEYS
+    assert _keys(body["choices"][0]) == COMPLETION_CHOICE_KEYS
+    assert _keys(body["usage"]) == USAGE_KEYS
+    assert body["usage"]["completion_tokens_details"] is None
+
+
+def test_chat_stream_fields(standin_url: str) -> None:
+    chunks = _stream(
+        standin_url,
+        "/v1/chat/completions",
+        messages=[{"role": "user", "content": "Hi"}],
+        return_prompt_text=True,
+    )
+    first, middle, last = chunks[0], chunks[1], chunks[-1]
+    assert _keys(first) == CHUNK + " prompt_token_ids prompt_text"
+    assert first["prompt_text"] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert _keys(first["choices"][0]) == STREAM_CHOICE
+    assert _keys(middle) == CHUNK + " kv_transfer_params"
+    assert _keys(middle["choices"][0]) == STREAM_CHOICE + " token_ids"
+    assert _keys(last) == CHUNK + " system_fingerprint kv_transfer_params"
+    assert _keys(last["choices"][0]) == STREAM_CHOICE + " stop_reason token_ids weight_versions"
+    assert last["choices"][0]["finish_reason"] == "stop"
+
+
+def test_chat_stream_usage_fields(standin_url: str) -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    chunks = _stream(
+        standin_url,
+        "/v1/chat/completions",
+        messages=messages,
+        stream_options={"include_usage": True},
+    )
+    last, usage = chunks[-2], chunks[-1]
+    assert _keys(last) == CHUNK + " kv_transfer_params"  # the fingerprint moves to the usage
+    assert _keys(usage) == CHUNK + " usage system_fingerprint"
+    assert usage["usage"] == {
+        "prompt_tokens": 1 + 4 + 3,
+        "total_tokens": 8 + 1 + 4 + 1 + 4,
+        "completion_tokens": 1 + 4 + 1 + 4,  # tags, thinking, answer
+        "completion_tokens_details": {"reasoning_tokens": 4},
+    }
+    continuous = _stream(
+        standin_url,
+        "/v1/chat/completions",
+        messages=messages,
+        max_tokens=3,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+    )
+    assert [_keys(c) for c in continuous] == [
+        CHUNK + " usage prompt_token_ids prompt_text",
+        CHUNK + " usage kv_transfer_params",  # <think> (token 1) sends no chunk
+        CHUNK + " usage kv_transfer_params",
+        CHUNK + " usage system_fingerprint",
+    ]
+    assert [c["usage"]["completion_tokens"] for c in continuous] == [0, 2, 3, 3]
+    assert [c["usage"]["completion_tokens_details"] for c in continuous] == [
+        {"reasoning_tokens": n} for n in (0, 1, 2, 2)
+    ]
+    assert "prompt_tokens_details" not in continuous[1]["usage"]
+
+
+def test_completion_stream_fields(standin_url: str) -> None:
+    choice = STREAM_CHOICE.replace("delta", "text")
+    choice += " stop_reason prompt_token_ids token_ids weight_versions"
+    chunks = _stream(standin_url, "/v1/completions", prompt="Hi", max_tokens=2)
+    assert [_keys(c) for c in chunks] == [
+        CHUNK + " kv_transfer_params",
+        CHUNK + " system_fingerprint kv_transfer_params",
+    ]
+    assert {_keys(c["choices"][0]) for c in chunks} == {choice}
+    chunks = _stream(
+        standin_url,
+        "/v1/completions",
+        prompt="Hi",
+        max_tokens=2,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+    )
+    assert chunks[0]["usage"] == {"prompt_tokens": 1, "total_tokens": 2, "completion_tokens": 1}
+    assert _keys(chunks[-1]) == CHUNK + " usage system_fingerprint"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 1, "total_tokens": 3, "completion_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        (
+            "/v1/chat/completions",
+            {"messages": "x"},
+            ("1 validation error:\n  {'type': 'list_type', 'loc': 'body.messages', 'msg': "
+             "'Input should be a valid list', 'input': 'x'}", "Bad Request", "body.messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            {"messages": [], "max_tokens": 0},
+            ("max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)",
+             "BadRequestError", "max_tokens"),
+        ),
+        (
+            "/v1/completions",
+            {"max_tokens": 3},
+            ("Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)",
+             "BadRequestError", "prompt"),
+        ),
+    ],
+)  # fmt: skip
+def test_request_errors(
+    standin_url: str, path: str, body: dict[str, Any], error: tuple[str, str, str]
+) -> None:
+    response = _post(standin_url, path, **body)
+    assert response.status_code == 400
+    message, kind, param = error
+    assert response.json() == {
+        "error": {"message": message, "type": kind, "param": param, "code": 400}
+    }
