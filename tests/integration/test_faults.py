@@ -97,14 +97,22 @@ class Process:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr: list[str] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        self.stdout: list[str] = []
+        # One reader per pipe, and nothing else reads them (communicate() would take lines).
+        self.readers = [
+            threading.Thread(target=self._read, args=(self.popen.stderr, True), daemon=True),
+            threading.Thread(target=self._read, args=(self.popen.stdout, False), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.stderr.append(line)
-            self.lines.put(line)
+    def _read(self, pipe: Any, is_stderr: bool) -> None:
+        for line in pipe:
+            if is_stderr:
+                self.stderr.append(line)
+                self.lines.put(line)
+            else:
+                self.stdout.append(line)
 
     def wait_for_line(self, needle: Callable[[str], bool], timeout: float = 90) -> str:
         deadline = time.monotonic() + timeout
@@ -121,9 +129,11 @@ class Process:
         pytest.fail(f"no such line within {timeout} s; stderr so far:\n{''.join(self.stderr)}")
 
     def finish(self, timeout: float = 180) -> tuple[int, str, str]:
-        stdout, _ = self.popen.communicate(timeout=timeout)
-        self.reader.join(5)
-        return self.popen.returncode, stdout, "".join(self.stderr)
+        """Wait for the exit; (exit status, stdout, stderr)."""
+        code = self.popen.wait(timeout)
+        for reader in self.readers:
+            reader.join(10)
+        return code, "".join(self.stdout), "".join(self.stderr)
 
 
 def _progress(service: str, stage: str) -> Callable[[str], bool]:
