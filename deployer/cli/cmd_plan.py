@@ -10,15 +10,11 @@ import click
 from deployer.cli.common import (
     AppContext,
     allow_unauthenticated_option,
-    engine_option,
-    gpus_file_option,
-    image_option,
     json_option,
     make_plan,
-    models_file_option,
     pass_app,
+    plan_input_options,
     print_json,
-    profile_option,
     table,
     warn_unauthenticated,
 )
@@ -26,11 +22,7 @@ from deployer.gpus import GIB
 
 
 @click.command()
-@profile_option
-@gpus_file_option
-@engine_option
-@models_file_option
-@image_option
+@plan_input_options
 @json_option
 @pass_app
 def plan(
@@ -95,11 +87,7 @@ def plan(
 
 
 @click.command()
-@profile_option
-@gpus_file_option
-@engine_option
-@models_file_option
-@image_option
+@plan_input_options
 @allow_unauthenticated_option
 @pass_app
 def render(

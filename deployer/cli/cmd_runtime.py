@@ -17,15 +17,11 @@ from deployer.cli.common import (
     AppContext,
     allow_unauthenticated_option,
     docker_client,
-    engine_option,
-    gpus_file_option,
-    image_option,
     json_option,
     make_plan,
-    models_file_option,
     pass_app,
+    plan_input_options,
     print_json,
-    profile_option,
     use_color,
     warn_unauthenticated,
 )
@@ -40,8 +36,11 @@ from deployer.cli.runtime_view import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from deployer.deployment import DeploymentDir
     from deployer.planner import DeploymentPlan
+    from deployer.runtime import ApplyResult
 
 
 def wait_option(func: Any) -> Any:
@@ -106,11 +105,7 @@ def hf_token_file_option(func: Any) -> Any:
 
 
 @click.command()
-@profile_option
-@gpus_file_option
-@engine_option
-@models_file_option
-@image_option
+@plan_input_options
 @click.option(
     "--dry-run", is_flag=True, help="Print what would be created, recreated, kept and removed."
 )
@@ -173,18 +168,26 @@ def up(
         runtime.preflight(client, plan, specs, env, printer)
         _notes(plan)  # only for a plan that is going to be applied: errors stay one line
         directory.write_files(render_files(plan, str(directory.path), keys))
-        try:
-            result = runtime.apply(client, plan, specs, env, printer, timeout_s)
-        except KeyboardInterrupt:
-            say_interrupted(printer.board)
-            raise
-        click.echo(result_table(result, plan))
-        click.echo(summary(result))
-        if not result.ok:
-            echo_failures(result)
-            raise runtime.failure_error(result)
+        _report(printer, plan, lambda: runtime.apply(client, plan, specs, env, printer, timeout_s))
         if not no_verify:
             _verify(directory, plan, keys)
+
+
+def _report(printer: ProgressPrinter, plan: DeploymentPlan, run: Callable[[], ApplyResult]) -> None:
+    """Run an apply or restart, print its table and summary; raise DeployFailed on failure.
+    Ctrl-C names what was started before it propagates."""
+    from deployer import runtime
+
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        say_interrupted(printer.board)
+        raise
+    click.echo(result_table(result, plan))
+    click.echo(summary(result))
+    if not result.ok:
+        echo_failures(result)
+        raise runtime.failure_error(result)
 
 
 def _notes(plan: DeploymentPlan) -> None:
@@ -399,16 +402,11 @@ def restart(
         env = runtime_env(directory.read_env())
         specs = container_specs(plan, str(directory.path))
         printer = ProgressPrinter(chosen or [s.name for s in plan.services])
-        try:
-            result = runtime.restart(client, plan, specs, env, chosen, printer, timeout_s)
-        except KeyboardInterrupt:
-            say_interrupted(printer.board)
-            raise
-    click.echo(result_table(result, plan))
-    click.echo(summary(result))
-    if not result.ok:
-        echo_failures(result)
-        raise runtime.failure_error(result)
+        _report(
+            printer,
+            plan,
+            lambda: runtime.restart(client, plan, specs, env, chosen, printer, timeout_s),
+        )
 
 
 COMMANDS = [up, down, status, logs, restart]

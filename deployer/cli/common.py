@@ -95,6 +95,19 @@ def image_option(func: F) -> F:
     )(func)
 
 
+def plan_input_options(func: F) -> F:
+    """What a plan is made from: --profile, --gpus-file, --engine, --models-file, --image."""
+    for option in (
+        image_option,
+        models_file_option,
+        engine_option,
+        gpus_file_option,
+        profile_option,
+    ):
+        func = option(func)
+    return func
+
+
 def allow_unauthenticated_option(func: F) -> F:
     return click.option(
         "--allow-unauthenticated",
