@@ -23,7 +23,7 @@ import requests
 from deployer.benchstats import EngineSample, PlannedPoint, Point, RequestSample, aggregate
 from deployer.errors import VerifyFailed
 from deployer.planner import ServicePlan
-from deployer.verify import _chat_body, _delta_text, _error_text, _sse_events
+from deployer.verify import chat_body, delta_text, error_text, sse_events
 
 # The stand-in's chat template: 4 tokens per message + 3 for the generation prompt.
 CHAT_TEMPLATE_TOKENS = 7
@@ -79,7 +79,7 @@ def synthetic_prompt(tokens: int, nonce: str) -> str:
 def chat_request(load: Load, prompt: str) -> dict[str, Any]:
     """verify's chat body, streamed with usage; ignore_eos makes vLLM produce exactly
     max_tokens (the stand-in stops at its answer's end instead)."""
-    body = _chat_body(
+    body = chat_body(
         load.endpoint.service,
         prompt,
         thinking=load.thinking,
@@ -142,10 +142,10 @@ def stream_once(
         return sample(f"request failed: {type(exc).__name__}")
     with response:
         if response.status_code != 200:
-            text = _error_text(response)
+            text = error_text(response)
             return sample(f"HTTP {response.status_code}" + (f": {text[:120]}" if text else ""))
         try:
-            for event in _sse_events(response):
+            for event in sse_events(response):
                 if stop is not None and stop.is_set():
                     return sample("stopped")
                 if event == "[DONE]":
@@ -160,7 +160,7 @@ def stream_once(
                     return sample(f"error in the stream: {str(chunk['error'])[:120]}")
                 if isinstance(chunk.get("usage"), dict):
                     usage = chunk["usage"]
-                if _delta_text(chunk):
+                if delta_text(chunk):
                     now = clock()
                     if first is None:
                         first = now

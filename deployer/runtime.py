@@ -961,13 +961,16 @@ def apply(
     session: requests.Session | None = None,
     memory_probe: MemoryProbe | None = None,
     poll_s: float = 1.0,
+    actions: tuple[Action, ...] | None = None,
 ) -> ApplyResult:
     """Converge the engine on the plan: create, recreate, start or restart what differs, leave
     the rest, remove containers of services no longer planned, then wait until every planned
     service answers /v1/models. A failed service is stopped (kept for `logs`), the others
-    keep going. `env` holds the .env keys and HF_TOKEN. Ctrl-C leaves started containers up."""
+    keep going. `env` holds the .env keys and HF_TOKEN. Ctrl-C leaves started containers up.
+    `actions` is what `preflight` returned when the caller already ran it."""
     probe = _probe_for(plan, memory_probe)
-    actions = preflight(client, plan, specs, env, progress)
+    if actions is None:
+        actions = preflight(client, plan, specs, env, progress)
     return _execute(
         client,
         plan,

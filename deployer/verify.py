@@ -271,7 +271,7 @@ def _connection_problem(exc: requests.ConnectionError) -> str:
     return "connection failed"
 
 
-def _error_text(response: requests.Response) -> str:
+def error_text(response: requests.Response) -> str:
     """vLLM's error bodies: {"error": "Unauthorized"}, {"error": {"message": ...}} or
     {"object": "error", "message": ...}."""
     try:
@@ -291,7 +291,7 @@ def _error_text(response: requests.Response) -> str:
 
 def _http_failure(response: requests.Response, what: str) -> _CheckFailed:
     status = response.status_code
-    text = _error_text(response)
+    text = error_text(response)
     if status == 401:
         return _CheckFailed(
             f"{what}: 401 {text or 'Unauthorized'}: the key in the deployment's .env was "
@@ -390,7 +390,7 @@ def _check_auth(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
     return "401 without a key and with a wrong key", statuses
 
 
-def _chat_body(
+def chat_body(
     service: ServicePlan, prompt: str, *, thinking: bool, max_tokens: int, stream: bool = False
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -424,7 +424,7 @@ def _completion_tokens(data: dict[str, Any]) -> int | None:
 
 
 def _check_chat(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
-    body = _chat_body(service, CHAT_PROMPT, thinking=False, max_tokens=CHAT_MAX_TOKENS)
+    body = chat_body(service, CHAT_PROMPT, thinking=False, max_tokens=CHAT_MAX_TOKENS)
     start = time.perf_counter()
     response = client.send("POST", "/v1/chat/completions", key=client.api_key, body=body)
     data = _json(response, "chat completion")
@@ -450,7 +450,7 @@ def _check_chat(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
     return f"{len(content.strip())} chars in {latency * 1000:.0f} ms{rate}", metrics
 
 
-def _sse_events(response: requests.Response) -> Iterator[str]:
+def sse_events(response: requests.Response) -> Iterator[str]:
     """The data fields of an SSE stream (one event per `data:` line, as vLLM sends them)."""
     for raw in response.iter_lines():
         line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
@@ -459,7 +459,7 @@ def _sse_events(response: requests.Response) -> Iterator[str]:
 
 
 def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
-    body = _chat_body(service, CHAT_PROMPT, thinking=False, max_tokens=CHAT_MAX_TOKENS, stream=True)
+    body = chat_body(service, CHAT_PROMPT, thinking=False, max_tokens=CHAT_MAX_TOKENS, stream=True)
     start = time.perf_counter()
     response = client.send(
         "POST", "/v1/chat/completions", key=client.api_key, body=body, stream=True
@@ -475,7 +475,7 @@ def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
         done = False
         tokens: int | None = None
         try:
-            for event in _sse_events(response):
+            for event in sse_events(response):
                 if event == "[DONE]":
                     done = True
                     break
@@ -489,7 +489,7 @@ def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
                 if "error" in chunk:
                     raise _CheckFailed(f"error in the stream: {chunk['error']}")
                 tokens = _completion_tokens(chunk) or tokens
-                if ttft is None and _delta_text(chunk):
+                if ttft is None and delta_text(chunk):
                     ttft = time.perf_counter() - start
         except (requests.RequestException, ConnectionError) as exc:
             raise _CheckFailed(
@@ -509,7 +509,7 @@ def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
     return f"{chunks} chunks, first token after {ttft * 1000:.0f} ms, [DONE]", metrics
 
 
-def _delta_text(chunk: dict[str, Any]) -> str:
+def delta_text(chunk: dict[str, Any]) -> str:
     choices = chunk.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return ""
@@ -522,7 +522,7 @@ def _delta_text(chunk: dict[str, Any]) -> str:
 
 
 def _check_thinking(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
-    body = _chat_body(service, THINKING_PROMPT, thinking=True, max_tokens=THINKING_MAX_TOKENS)
+    body = chat_body(service, THINKING_PROMPT, thinking=True, max_tokens=THINKING_MAX_TOKENS)
     start = time.perf_counter()
     response = client.send("POST", "/v1/chat/completions", key=client.api_key, body=body)
     data = _json(response, "chat completion with thinking")

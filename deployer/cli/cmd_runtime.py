@@ -165,10 +165,14 @@ def up(
         env = runtime_env(keys, hf_token)
         printer = ProgressPrinter([s.name for s in plan.services])
         # Host ports and images are checked before the directory or any container changes.
-        runtime.preflight(client, plan, specs, env, printer)
+        actions = runtime.preflight(client, plan, specs, env, printer)
         _notes(plan)  # only for a plan that is going to be applied: errors stay one line
         directory.write_files(render_files(plan, str(directory.path), keys))
-        _report(printer, plan, lambda: runtime.apply(client, plan, specs, env, printer, timeout_s))
+        _report(
+            printer,
+            plan,
+            lambda: runtime.apply(client, plan, specs, env, printer, timeout_s, actions=actions),
+        )
         if not no_verify:
             _verify(directory, plan, keys)
 
