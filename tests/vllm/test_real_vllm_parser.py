@@ -101,9 +101,7 @@ class _Exit(Exception):
 @pytest.fixture
 def standin_outcome(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[str]], str]]:
     """The stand-in's verdict on `vllm serve ARGV`: parse, then everything before it listens."""
-    server = pytest.importorskip("deployer.standin.server")
-    if not hasattr(server, "parse_serve_args") or not hasattr(server, "startup"):
-        pytest.skip("the stand-in has no parse_serve_args()/startup() to compare with")
+    from deployer.standin import server
 
     def end(code: int) -> Any:
         raise _Exit(code)
