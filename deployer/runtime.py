@@ -136,6 +136,7 @@ class Observed:
     config_hash: str
     labels: Mapping[str, str]
     image: str
+    image_id: str  # what the container runs; differs from the tag's once the tag moves
     restart_count: int
     exit_code: int | None
     started_at: str | None
@@ -157,6 +158,7 @@ class Observed:
             config_hash=labels.get(LABEL_CONFIG_HASH, ""),
             labels=dict(labels),
             image=config.get("Image", ""),
+            image_id=str(attrs.get("Image", "")),
             restart_count=int(attrs.get("RestartCount") or 0),
             exit_code=state.get("ExitCode"),
             started_at=state.get("StartedAt"),
@@ -231,10 +233,12 @@ def converge_actions(
     specs: Sequence[ContainerSpec],
     env: Mapping[str, str],
     observed: Sequence[Observed],
+    image_ids: Mapping[str, str] | None = None,
 ) -> tuple[Action, ...]:
     """What `up` does per service, from the engine's containers; pure. Plan order, then
     removals. A service whose GPU memory changes takes the services that start after it on
-    its GPUs with it, so they start again, in order, on the memory it leaves."""
+    its GPUs with it, so they start again, in order, on the memory it leaves. `image_ids`
+    (image name -> local image id) recreates containers whose tag now names another image."""
     by_service: dict[str, list[Observed]] = {}
     for item in observed:
         by_service.setdefault(item.service, []).append(item)
@@ -260,6 +264,11 @@ def converge_actions(
             actions[spec.service] = Action(spec.service, "recreate", _changes(current, spec), name)
             if _memory_changed(current, spec):
                 memory_moved.append(spec.service)
+        elif (image_ids or {}).get(spec.image, current.image_id) != current.image_id:
+            actions[spec.service] = Action(
+                spec.service, "recreate", f"image {spec.image} was updated", name
+            )
+            memory_moved.append(spec.service)
         elif current.state in ("dead", "removing"):
             actions[spec.service] = Action(
                 spec.service, "recreate", f"container {current.state}", name
@@ -294,7 +303,20 @@ def plan_actions(
     env: Mapping[str, str],
 ) -> tuple[Action, ...]:
     """What `up` would do now (for `up --dry-run`); changes nothing."""
-    return converge_actions(plan, specs, env, observe(client, plan.deployment))
+    return converge_actions(
+        plan, specs, env, observe(client, plan.deployment), _local_image_ids(client, specs)
+    )
+
+
+def _local_image_ids(client: docker.DockerClient, specs: Sequence[ContainerSpec]) -> dict[str, str]:
+    """Image name -> id of the local image the name points at now (absent when not pulled)."""
+    ids = {}
+    for image in sorted({s.image for s in specs}):
+        try:
+            ids[image] = client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            continue
+    return ids
 
 
 # --- GPU memory before each start -------------------------------------------------------------
@@ -923,7 +945,9 @@ def preflight(
     (pulled if need be). Raises DeployFailed naming the port or image; returns the actions."""
     t0 = time.monotonic()
     with docker_errors(f"deployment {plan.deployment!r}"):
-        actions = converge_actions(plan, specs, env, observe(client, plan.deployment))
+        actions = converge_actions(
+            plan, specs, env, observe(client, plan.deployment), _local_image_ids(client, specs)
+        )
         problems = port_conflicts(client, plan, specs, actions)
         if problems:
             raise DeployFailed(

@@ -81,6 +81,19 @@ def test_deployment_dir_is_not_part_of_the_hash(tri_tier: DeploymentPlan) -> Non
     assert set(kinds(converge_actions(tri_tier, specs, env, observed)).values()) == {"noop"}
 
 
+def test_a_moved_image_tag_recreates_its_containers(tri_tier: DeploymentPlan) -> None:
+    env = keys(tri_tier)
+    specs = container_specs(tri_tier, DIR)
+    observed = [dataclasses.replace(running(s, env), image_id="sha256:old") for s in specs]
+    same = converge_actions(tri_tier, specs, env, observed, {tri_tier.image: "sha256:old"})
+    assert set(kinds(same).values()) == {"noop"}
+    moved = converge_actions(tri_tier, specs, env, observed, {tri_tier.image: "sha256:new"})
+    assert set(kinds(moved).values()) == {"recreate"}
+    assert all(a.reason == f"image {tri_tier.image} was updated" for a in moved)
+    # An image that is not here (to be pulled) says nothing about what the container runs.
+    assert set(kinds(converge_actions(tri_tier, specs, env, observed, {})).values()) == {"noop"}
+
+
 def test_changed_context_recreates_only_that_service(tri_tier: DeploymentPlan) -> None:
     env = keys(tri_tier)
     before = container_specs(tri_tier, DIR)
