@@ -55,8 +55,12 @@ def _examples(
     service: ServicePlan, base_url: str, key_text: str, key_env: str, literal: bool
 ) -> dict[str, str]:
     model = service.served_model_name
+    open_endpoint = service.auth == "none"
     header = f"Authorization: Bearer {key_text}"
-    py_key = repr(key_text) if literal else f'os.environ["{key_env}"]'
+    # The OpenAI client insists on some key; an `auth: none` service ignores it.
+    py_key = (
+        '"EMPTY"' if open_endpoint else repr(key_text) if literal else f'os.environ["{key_env}"]'
+    )
     thinks = service.reasoning_parser is not None
 
     def body(extra: dict[str, Any], thinking: bool | None) -> str:
@@ -73,18 +77,20 @@ def _examples(
         ]
         return ("{\n" + ",\n".join(fields) + "\n  }").replace("'", "'\\''")
 
+    auth_line = "" if open_endpoint else f'  -H "{header}" \\\n'
+
     def curl(extra: dict[str, Any], thinking: bool | None, *, stream: bool = False) -> str:
         flag = "curl -N" if stream else "curl"
         return (
             f"{flag} {base_url}/chat/completions \\\n"
             '  -H "Content-Type: application/json" \\\n'
-            f'  -H "{header}" \\\n'
+            f"{auth_line}"
             f"  -d '{body(extra, thinking)}'"
         )
 
     client = (
         "from openai import OpenAI\n"
-        + ("" if literal else "import os\n")
+        + ("" if literal or open_endpoint else "import os\n")
         + f'\nclient = OpenAI(base_url="{base_url}", api_key={py_key})\n'
     )
 
@@ -105,7 +111,9 @@ def _examples(
 
     off = False if thinks else None
     examples = {
-        "curl_models": f'curl -H "{header}" {base_url}/models',
+        "curl_models": f"curl {base_url}/models"
+        if open_endpoint
+        else f'curl -H "{header}" {base_url}/models',
         "curl_chat": curl({"max_tokens": 256}, off),
         "curl_stream": curl({"max_tokens": 256, "stream": True}, off, stream=True),
         "python_openai": python("resp", 256, off) + "print(resp.choices[0].message.content)\n",
@@ -202,6 +210,7 @@ def endpoints_guide(
                 "api_key": (key if show_keys else mask_key(key)) if key else None,
                 "api_key_masked": not show_keys,
                 "api_key_env": service.api_key_env,
+                "auth": service.auth,
                 "thinking": service.reasoning_parser is not None,
                 "reasoning_parser": service.reasoning_parser,
                 "sampling": sampling,
@@ -238,14 +247,20 @@ def to_markdown(guide: Mapping[str, Any]) -> str:
         "|------|------------------------|----------|---------|---------|",
     ]
     for t in tiers:
-        key = f"`{t['api_key']}`" if t["api_key"] else "(not set)"
+        key = (
+            "none (`auth: none`)"
+            if t.get("auth") == "none"
+            else f"`{t['api_key']}`"
+            if t["api_key"]
+            else "(not set)"
+        )
         out.append(
             f"| {t['service']} | `{t['model']}` | `{t['base_url']}` | {t['context_length']} "
             f"| {key} |"
         )
     out.append("")
     if not guide["keys_shown"]:
-        names = ", ".join(f"`{t['api_key_env']}`" for t in tiers)
+        names = ", ".join(f"`{t['api_key_env']}`" for t in tiers if t.get("auth") != "none")
         out += [
             f"Keys are masked (`qwen-deploy endpoints --show-keys` prints them); the examples "
             f"read each key from its environment variable ({names}).",

@@ -193,3 +193,20 @@ def test_endpoints_without_a_deployment_is_a_state_error(tmp_path: Path) -> None
 def test_commands_have_an_example_in_their_help() -> None:
     for command in COMMANDS:
         assert "Example: qwen-deploy " in (command.help or "")
+
+
+def test_open_endpoint_examples_send_no_key(tri_tier: DeploymentPlan) -> None:
+    services = tuple(replace(s, auth="none") if s.name == "micro" else s for s in tri_tier.services)
+    open_plan = replace(tri_tier, services=services)
+    keys = {s.api_key_env: f"key-of-{s.name}-123" for s in services if s.auth != "none"}
+    guide = endpoints_guide(open_plan, keys, show_keys=False)
+    micro = next(t for t in guide["tiers"] if t["service"] == "micro")
+    mini = next(t for t in guide["tiers"] if t["service"] == "mini")
+    assert micro["auth"] == "none" and micro["api_key"] is None
+    for text in micro["examples"].values():
+        assert "Authorization" not in text and "QWEN_DEPLOY_API_KEY" not in text
+    assert 'api_key="EMPTY"' in micro["examples"]["python_openai"]
+    assert "Authorization: Bearer $QWEN_DEPLOY_API_KEY_MINI" in mini["examples"]["curl_chat"]
+    markdown = to_markdown(guide)
+    assert "| micro |" in markdown and "none (`auth: none`)" in markdown
+    assert "`QWEN_DEPLOY_API_KEY_MICRO`" not in markdown
