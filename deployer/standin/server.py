@@ -1699,6 +1699,28 @@ class Handler(BaseHTTPRequestHandler):
         text = payload if isinstance(payload, str) else json.dumps(payload)
         self._chunk(f"data: {text}\n\n".encode())
 
+    def _usage_chunk(
+        self,
+        request_id: str,
+        kind: str,
+        created: int,
+        model: str,
+        usage: dict[str, Any],
+        fingerprint: str,
+    ) -> None:
+        """The last chunk before [DONE] when stream_options.include_usage asks for it."""
+        self._event(
+            {
+                "id": request_id,
+                "object": kind,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": without_none(usage),
+                "system_fingerprint": fingerprint,
+            }
+        )
+
     def _end_stream(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
@@ -2154,16 +2176,8 @@ class Handler(BaseHTTPRequestHandler):
                 generation.completion_tokens,
                 self._reasoning_details(generation.reasoning_tokens()),
             )
-            self._event(
-                {
-                    "id": request_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": without_none(usage),
-                    "system_fingerprint": settings.fingerprint,
-                }
+            self._usage_chunk(
+                request_id, "chat.completion.chunk", created, model, usage, settings.fingerprint
             )
         self._event("[DONE]")
         self._end_stream()
@@ -2295,16 +2309,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if final_usage:
             usage = usage_info(prompt_tokens, generation.completion_tokens, None)
-            self._event(
-                {
-                    "id": request_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": without_none(usage),
-                    "system_fingerprint": settings.fingerprint,
-                }
+            self._usage_chunk(
+                request_id, "text_completion", created, model, usage, settings.fingerprint
             )
         self._event("[DONE]")
         self._end_stream()
