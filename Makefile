@@ -13,7 +13,7 @@ help:
 	@echo "make test       set up everything and run lint, type checks, unit and integration tests"
 	@echo "make test-unit  unit tests only (seconds, no Docker)"
 	@echo "make check      ruff lint + format check + mypy"
-	@echo "make bench      benchmarks in bench/ (needs Docker and the stand-in image)"
+	@echo "make bench      benchmarks in benchmarks/ (needs Docker and the stand-in image)"
 
 $(BIN)/qwen-deploy: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,19 +52,19 @@ test-integration: setup
 check: lint typecheck
 
 lint: venv
-	$(BIN)/ruff check deployer tests bench
-	$(BIN)/ruff format --check deployer tests bench
+	$(BIN)/ruff check deployer tests benchmarks
+	$(BIN)/ruff format --check deployer tests benchmarks
 
 format: venv
-	$(BIN)/ruff check --fix deployer tests bench
-	$(BIN)/ruff format deployer tests bench
+	$(BIN)/ruff check --fix deployer tests benchmarks
+	$(BIN)/ruff format deployer tests benchmarks
 
 typecheck: venv
 	$(BIN)/mypy deployer
 
 bench: setup
-	$(BIN)/python bench/bench_startup.py
-	$(BIN)/python bench/bench_cli.py
+	$(BIN)/python benchmarks/bench_startup.py
+	$(BIN)/python benchmarks/bench_cli.py
 
 # The real vLLM CPU build, to check rendered commands against vLLM's own argument parser.
 vllm-check: venv

@@ -8,7 +8,7 @@ latency percentiles per service.
 Loopback only (127.0.0.1), bounded: each client has one request in flight, each request a
 timeout, the run a fixed duration.
 
-Run: python bench/load_tri_tier.py [--clients 12] [--seconds 15]  (needs the Docker engine and
+Run: python benchmarks/load_tri_tier.py [--clients 12] [--seconds 15]  (needs the Docker engine and
 the stand-in image: `make images`). tests/integration/test_load.py runs the same load and checks
 the accounting.
 """

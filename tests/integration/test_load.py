@@ -2,7 +2,7 @@
 15 s while `status` and `verify` run beside them. Checks correctness, not speed: every request
 sent is either served or an error its client saw, the engines counted exactly the served ones
 (plus verify's own), and `status` and `verify` kept answering. The numbers are printed
-(`pytest -s`); bench/load_tri_tier.py runs the same load on a deployment of its own."""
+(`pytest -s`); benchmarks/load_tri_tier.py runs the same load on a deployment of its own."""
 
 from __future__ import annotations
 
