@@ -33,6 +33,8 @@ from pathlib import Path
 import requests
 import yaml
 
+from deployer import openai_wire as wire
+
 ROOT = Path(__file__).resolve().parent.parent
 BOX = ROOT / "tests" / "fixtures" / "gpus" / "3x-rtx4090.json"
 REQUEST_TIMEOUT_S = 30.0
@@ -100,44 +102,28 @@ def stream_chat(
     """One streaming chat completion: (error or None, seconds, seconds to the first token)."""
     start = time.perf_counter()
     first: float | None = None
-    body = {
-        "model": target.model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 48,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "chat_template_kwargs": {"enable_thinking": False},
-    }
-    headers = {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
+    body = wire.chat_body(target.model, prompt, max_tokens=48, stream=True, thinking=False)
     finished = done = False
     try:
         with session.post(
-            target.base_url + "/v1/chat/completions",
+            target.base_url + wire.CHAT_PATH,
             json=body,
-            headers=headers,
+            headers=wire.auth_headers(target.api_key),
             stream=True,
             timeout=(5, REQUEST_TIMEOUT_S),
         ) as response:
             if response.status_code != 200:
                 return f"HTTP {response.status_code}", time.perf_counter() - start, None
-            for raw in response.iter_lines():
-                line = raw.decode(errors="replace")
-                if not line.startswith("data: "):
-                    continue
-                data = line[len("data: ") :]
-                if data == "[DONE]":
-                    done = True
-                    break
-                chunk = json.loads(data)
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    if first is None and (delta.get("content") or delta.get("reasoning")):
-                        first = time.perf_counter() - start
-                    if choice.get("finish_reason"):
-                        finished = True
+            stream = wire.ChunkStream(response.iter_lines())
+            for chunk in stream:
+                if first is None and wire.delta_text(chunk):
+                    first = time.perf_counter() - start
+                if wire.finish_reason(chunk):
+                    finished = True
+            done = stream.done
     except requests.RequestException as exc:
         return f"{type(exc).__name__}", time.perf_counter() - start, first
-    except ValueError:
+    except wire.StreamError:
         return "a stream chunk is not JSON", time.perf_counter() - start, first
     elapsed = time.perf_counter() - start
     if not (finished and done):

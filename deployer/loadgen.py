@@ -10,7 +10,6 @@ records `usage.prompt_tokens` from the response when the server sends it.
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 import time
@@ -20,10 +19,10 @@ from typing import Any
 
 import requests
 
+from deployer import openai_wire as wire
 from deployer.benchstats import EngineSample, PlannedPoint, Point, RequestSample, aggregate
 from deployer.errors import VerifyFailed
 from deployer.planner import ServicePlan
-from deployer.verify import chat_body, delta_text, error_text, sse_events
 
 # The stand-in's chat template: 4 tokens per message + 3 for the generation prompt.
 CHAT_TEMPLATE_TOKENS = 7
@@ -77,17 +76,18 @@ def synthetic_prompt(tokens: int, nonce: str) -> str:
 
 
 def chat_request(load: Load, prompt: str) -> dict[str, Any]:
-    """verify's chat body, streamed with usage; ignore_eos makes vLLM produce exactly
-    max_tokens (the stand-in stops at its answer's end instead)."""
-    body = chat_body(
-        load.endpoint.service,
+    """A chat body with the service's sampling, streamed with usage; ignore_eos makes vLLM
+    produce exactly max_tokens."""
+    service = load.endpoint.service
+    return wire.chat_body(
+        service.served_model_name,
         prompt,
-        thinking=load.thinking,
         max_tokens=load.max_tokens,
         stream=True,
+        thinking=load.thinking,
+        ignore_eos=True,
+        sampling=service.generation.as_dict(),
     )
-    body["ignore_eos"] = True
-    return body
 
 
 def stream_once(
@@ -128,9 +128,9 @@ def stream_once(
 
     try:
         response = session.post(
-            endpoint.base_url + "/v1/chat/completions",
+            endpoint.base_url + wire.CHAT_PATH,
             json=chat_request(load, prompt),
-            headers={"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {},
+            headers=wire.auth_headers(endpoint.api_key),
             stream=True,
             timeout=(CONNECT_TIMEOUT_S, load.timeout_s),
         )
@@ -142,25 +142,23 @@ def stream_once(
         return sample(f"request failed: {type(exc).__name__}")
     with response:
         if response.status_code != 200:
-            text = error_text(response)
-            return sample(f"HTTP {response.status_code}" + (f": {text[:120]}" if text else ""))
+            text = wire.error_text(
+                response.content,
+                content_type=response.headers.get("Content-Type", ""),
+                reason=response.reason or "",
+                limit=120,
+            )
+            return sample(f"HTTP {response.status_code}" + (f": {text}" if text else ""))
+        stream = wire.ChunkStream(response.iter_lines())
         try:
-            for event in sse_events(response):
+            for chunk in stream:
                 if stop is not None and stop.is_set():
                     return sample("stopped")
-                if event == "[DONE]":
-                    break
-                try:
-                    chunk = json.loads(event)
-                except ValueError:
-                    return sample("a stream chunk is not JSON")
-                if not isinstance(chunk, dict):
-                    return sample("a stream chunk is not a JSON object")
-                if "error" in chunk:
-                    return sample(f"error in the stream: {str(chunk['error'])[:120]}")
-                if isinstance(chunk.get("usage"), dict):
-                    usage = chunk["usage"]
-                if delta_text(chunk):
+                error = wire.chunk_error(chunk)
+                if error is not None:
+                    return sample(f"error in the stream: {error[:120]}")
+                usage = wire.chunk_usage(chunk) or usage
+                if wire.delta_text(chunk):
                     now = clock()
                     if first is None:
                         first = now
@@ -170,10 +168,12 @@ def stream_once(
                     chunks += 1
                 if clock() - start > load.timeout_s:
                     return sample(f"took longer than {load.timeout_s:g} s")
-            else:
-                return sample(f"the stream ended after {chunks} tokens without data: [DONE]")
+        except wire.StreamError as exc:
+            return sample(f"not an OpenAI stream: {exc}")
         except (requests.RequestException, ConnectionError) as exc:
             return sample(f"the stream broke after {chunks} tokens: {type(exc).__name__}")
+        if not stream.done:
+            return sample(f"the stream ended after {chunks} tokens without data: [DONE]")
     if first is None:
         return sample("no tokens in the answer")
     return sample(None)
