@@ -14,14 +14,14 @@ import secrets
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from deployer.errors import LockBusy, ProfileError, StateError
-from deployer.gpus import Gpu, GpuProcess
-from deployer.planner import PLAN_SCHEMA_VERSION, DeploymentPlan, MemoryBreakdown, ServicePlan
-from deployer.profiles import API_KEY_PATTERN, GenerationDefaults, Profile
+from deployer.plan import DeploymentPlan
+from deployer.plan import plan_from_dict as plan_from_dict  # re-exported for its importers
+from deployer.profiles import API_KEY_PATTERN, Profile
 from deployer.spec import DEPLOYMENT_NAME
 
 COMPOSE_FILE = "compose.yaml"
@@ -233,39 +233,3 @@ def resolve_api_keys(
             )
         keys[var] = key
     return keys
-
-
-# --- plan.json ------------------------------------------------------------------------------
-
-
-def _build(cls: type[Any], raw: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in names})
-
-
-def plan_from_dict(data: dict[str, Any]) -> DeploymentPlan:
-    if data.get("schema_version") != PLAN_SCHEMA_VERSION:
-        raise ValueError(
-            f"schema_version {data.get('schema_version')!r} is not {PLAN_SCHEMA_VERSION}"
-        )
-    services = []
-    for raw in data["services"]:
-        raw = dict(raw)
-        raw["gpus"] = tuple(raw["gpus"])
-        raw["memory"] = _build(MemoryBreakdown, raw["memory"])
-        raw["generation"] = _build(GenerationDefaults, raw["generation"])
-        for key in ("start_after", "aliases", "extra_args"):
-            raw[key] = tuple(raw[key])
-        raw["environment"] = tuple(tuple(pair) for pair in raw["environment"])
-        services.append(_build(ServicePlan, raw))
-    gpus = []
-    for raw in data["gpus"]:
-        raw = dict(raw)
-        raw["processes"] = tuple(_build(GpuProcess, p) for p in raw.get("processes", []))
-        gpus.append(_build(Gpu, raw))
-    top = dict(data)
-    top["services"] = tuple(services)
-    top["gpus"] = tuple(gpus)
-    top["start_waves"] = tuple(tuple(w) for w in data["start_waves"])
-    top["warnings"] = tuple(data["warnings"])
-    return _build(DeploymentPlan, top)  # type: ignore[no-any-return]

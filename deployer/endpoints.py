@@ -7,10 +7,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from deployer.planner import DeploymentPlan, ServicePlan
+from deployer.plan import WILDCARD_BINDS, DeploymentPlan, ServicePlan  # noqa: F401
 
 GUIDE_SCHEMA_VERSION = 1
-WILDCARD_BINDS = frozenset({"", "0.0.0.0", "::", "[::]"})
 # Qwen3 model cards, "Best Practices": the non-thinking mode wants different sampling.
 NON_THINKING_SAMPLING: dict[str, float | int] = {
     "temperature": 0.7,
@@ -23,15 +22,13 @@ RECOMMENDED_MAX_TOKENS = 32768  # Qwen3 cards: output length for most queries wi
 
 
 def client_host(service: ServicePlan, host: str | None = None) -> str:
-    """The host a client on this machine uses: `host` when given, else the address the
-    service binds (loopback when it binds every interface)."""
-    chosen = host or ("127.0.0.1" if service.bind in WILDCARD_BINDS else service.bind)
-    return f"[{chosen}]" if ":" in chosen and not chosen.startswith("[") else chosen
+    """The host a client on this machine uses (`ServicePlan.client_host`)."""
+    return service.client_host(host)
 
 
 def base_url_for(service: ServicePlan, host: str | None = None) -> str:
-    """Server root (no /v1), as `verify` uses it."""
-    return f"http://{client_host(service, host)}:{service.port}"
+    """Server root (no /v1), as `verify` uses it (`ServicePlan.base_url`)."""
+    return service.base_url(host)
 
 
 def mask_key(key: str | None) -> str:

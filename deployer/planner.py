@@ -10,13 +10,20 @@ non-torch memory and CUDA-graph memory.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from deployer.catalog import Catalog, Checkpoint
 from deployer.errors import PlanError, ProfileError
 from deployer.gpus import GIB, MIB, Gpu, GpuInventory
-from deployer.profiles import GenerationDefaults, Profile, ServiceSpec, catalog_for
+from deployer.plan import (  # re-exported: callers imported them from here before plan.py
+    PLAN_SCHEMA_VERSION,
+    AuthMode,
+    DeploymentPlan,
+    Engine,
+    MemoryBreakdown,
+    ServicePlan,
+)
+from deployer.profiles import Profile, ServiceSpec, catalog_for
 from deployer.vllm_pin import (
     KV_BLOCK_SIZE,
     QUANTIZATIONS,
@@ -27,7 +34,21 @@ from deployer.vllm_pin import (
     kernel_note,
 )
 
-PLAN_SCHEMA_VERSION = 1
+__all__ = [
+    "PLAN_SCHEMA_VERSION",
+    "AuthMode",
+    "AutoChoice",
+    "DeploymentPlan",
+    "Engine",
+    "MemoryBreakdown",
+    "PlanOptions",
+    "ServicePlan",
+    "choose_profile",
+    "plan",
+    "usable_room_bytes",
+    "usable_room_mib",
+]
+
 MIN_AUTO_CONTEXT = 4096  # "context: max" never plans less than this
 # Kept free on every GPU beyond what vLLM asks for: the CUDA context (created before vLLM's
 # free-memory check), allocator fragmentation and NVML/torch accounting differences.
@@ -43,92 +64,6 @@ class PlanOptions:
     image: str | None = None  # None: the image the engine pins (vllm_pin)
     margin_min_bytes: int = MARGIN_MIN_BYTES
     margin_fraction: float = MARGIN_FRACTION
-
-
-@dataclass(frozen=True)
-class MemoryBreakdown:
-    """Bytes per GPU of one service, as vLLM will account for them."""
-
-    budget: int
-    weights: int
-    activation_peak: int
-    non_torch: int
-    cuda_graphs: int
-    kv_cache: int
-
-    def as_gib(self) -> dict[str, float]:
-        return {k: round(v / GIB, 2) for k, v in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class ServicePlan:
-    name: str
-    model: str
-    served_model_name: str
-    family: str
-    quantization: str
-    gpus: tuple[int, ...]
-    tensor_parallel_size: int
-    gpu_memory_utilization: float
-    max_model_len: int
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    kv_cache_dtype: str
-    kv_cache_tokens: int
-    max_concurrency: float  # full-context requests the KV cache holds at once
-    memory: MemoryBreakdown
-    port: int
-    bind: str
-    api_key_source: str  # "profile", "env:NAME" or "generated" (never the key itself)
-    generation: GenerationDefaults
-    reasoning_parser: str | None
-    yarn_factor: float | None
-    kernel_note: str | None
-    start_after: tuple[str, ...]
-    startup_timeout_s: int
-    aliases: tuple[str, ...]
-    enforce_eager: bool
-    extra_args: tuple[str, ...]
-    environment: tuple[tuple[str, str], ...]
-    utilization_planned: bool  # False when the profile fixed gpu_memory_utilization
-    auth: str = "key"  # "none": no API key (the profile said so and up/render confirmed it)
-
-    @property
-    def api_key_env(self) -> str:
-        """Variable in the deployment's .env that holds this service's key."""
-        return f"QWEN_DEPLOY_API_KEY_{self.name.upper().replace('-', '_')}"
-
-
-@dataclass(frozen=True)
-class DeploymentPlan:
-    deployment: str
-    profile: str
-    profile_source: str
-    engine: str
-    image: str
-    vllm_version: str
-    inventory_source: str
-    gpus: tuple[Gpu, ...]
-    services: tuple[ServicePlan, ...]
-    start_waves: tuple[tuple[str, ...], ...]
-    warnings: tuple[str, ...] = ()
-
-    def service(self, name: str) -> ServicePlan:
-        for service in self.services:
-            if name == service.name or name in service.aliases:
-                return service
-        raise ProfileError(
-            f"no service {name!r} in deployment {self.deployment!r}",
-            hint=f"services are {', '.join(s.name for s in self.services)}",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["schema_version"] = PLAN_SCHEMA_VERSION
-        for raw, service in zip(data["services"], self.services, strict=True):
-            raw["api_key_env"] = service.api_key_env
-            raw["memory_gib"] = service.memory.as_gib()
-        return data
 
 
 # --- memory model ---------------------------------------------------------------------------
@@ -177,10 +112,22 @@ def _need(ckpt: Checkpoint, tp: int, kv_dtype: str, seqs: int, batched: int, eag
     )
 
 
-def _usable_bytes(gpu: Gpu, options: PlanOptions) -> int:
-    """What the services on this GPU may ask for together: free memory minus a margin."""
+def usable_room_bytes(gpu: Gpu, processes: int = 1, options: PlanOptions | None = None) -> int:
+    """What the vLLM processes on this GPU may ask for together (the sum of their
+    ceil(gpu_memory_utilization x total)), given the memory free now. The planner, runtime's
+    pre-start check and `tune` all use this one rule."""
+    options = options or PlanOptions()
     margin = max(options.margin_min_bytes, int(gpu.total_bytes * options.margin_fraction))
     return min(int(gpu.total_bytes * MAX_UTILIZATION), gpu.free_bytes - margin)
+
+
+def usable_room_mib(gpu: Gpu, processes: int = 1, options: PlanOptions | None = None) -> int:
+    """`usable_room_bytes` in MiB (rounded down)."""
+    return usable_room_bytes(gpu, processes, options) // MIB
+
+
+def _usable_bytes(gpu: Gpu, options: PlanOptions, processes: int = 1) -> int:
+    return usable_room_bytes(gpu, processes, options)
 
 
 def _gib(value: float) -> str:
@@ -341,7 +288,7 @@ def plan(
         deployment=options.deployment,
         profile=profile.name,
         profile_source=profile.source,
-        engine=options.engine,
+        engine=Engine(options.engine),
         image=options.image or (STANDIN_IMAGE if options.engine == "stand-in" else VLLM_IMAGE),
         vllm_version=VLLM_VERSION,
         inventory_source=inventory.source,
@@ -558,7 +505,7 @@ def _finish(d: _Draft, gpus: dict[int, Gpu]) -> ServicePlan:
         extra_args=spec.extra_args,
         environment=spec.environment,
         utilization_planned=spec.gpu_memory_utilization is None,
-        auth=spec.auth,
+        auth=AuthMode(spec.auth),
     )
 
 
