@@ -11,9 +11,10 @@ import yaml
 
 from deployer.catalog import Catalog, Checkpoint, _check_keys, _yaml_problem, parse_catalog
 from deployer.errors import ProfileError
+from deployer.resources import profiles_dir
 from deployer.vllm_pin import KV_CACHE_DTYPES
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = profiles_dir()  # the shipped profiles, in a wheel or a checkout
 
 # Keys end up in an env file and an HTTP header: keep them to characters that need no quoting.
 API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{8,256}$")

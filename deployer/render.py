@@ -11,19 +11,18 @@ import functools
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
-import deployer
 from deployer.deployment import COMPOSE_FILE, ENV_FILE, PLAN_FILE, render_env
 from deployer.planner import DeploymentPlan
 from deployer.profiles import API_KEY_PATTERN
+from deployer.resources import templates_dir
 from deployer.spec import LABEL_PREFIX, ContainerSpec, container_specs, project_name
 
-TEMPLATES_DIR = Path(deployer.__file__).resolve().parent.parent / "compose_templates"
+TEMPLATES_DIR = templates_dir()  # in a wheel or a checkout
 COMPOSE_TEMPLATE = "compose.yaml.j2"
 
 # Plain YAML keys that every YAML 1.1 or 1.2 parser reads back as the same string.

@@ -11,6 +11,9 @@ STANDIN_IMAGE="${STANDIN_IMAGE:-qwen-deploy/vllm-standin:0.33.0}"
 SUITE=bookworm
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The stand-in's build context: the checkout's, or an installed package's
+# (STANDIN_CONTEXT="$(python -c 'from deployer.resources import standin_dir; print(standin_dir())')").
+STANDIN_CONTEXT="${STANDIN_CONTEXT:-$ROOT/deployer/standin}"
 say() { printf 'build-images: %s\n' "$*"; }
 die() { printf 'build-images: error: %s\n' "$*" >&2; exit 1; }
 
@@ -68,11 +71,11 @@ else
 fi
 
 before="$(docker image inspect --format '{{.Id}}' "$STANDIN_IMAGE" 2>/dev/null || true)"
-say "building $STANDIN_IMAGE from deployer/standin"
+say "building $STANDIN_IMAGE from $STANDIN_CONTEXT"
 # The classic builder works with an imported base image and no registry; it warns that it is
 # deprecated, so its output is shown only when the build fails.
 if ! out="$(DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-        -t "$STANDIN_IMAGE" "$ROOT/deployer/standin" 2>&1)"; then
+        -t "$STANDIN_IMAGE" "$STANDIN_CONTEXT" 2>&1)"; then
     printf '%s\n' "$out" >&2
     die "docker build of $STANDIN_IMAGE failed"
 fi

@@ -124,9 +124,9 @@ def json_option(func: F) -> F:
 
 
 def profiles_dir() -> Path:
-    from deployer.profiles import PROFILES_DIR
+    from deployer.resources import profiles_dir as shipped_profiles
 
-    return Path(os.environ.get("QWEN_DEPLOY_PROFILES_DIR", PROFILES_DIR))
+    return Path(os.environ.get("QWEN_DEPLOY_PROFILES_DIR", shipped_profiles()))
 
 
 def load_inventory(gpus_file: Path | None) -> GpuInventory:
