@@ -80,3 +80,9 @@ class LockBusy(DeployError):
     """Another qwen-deploy command holds the deployment's lock."""
 
     exit_code = ExitCode.LOCKED
+
+
+class BenchError(DeployError):
+    """Bench options or saved runs that cannot be used (exits like a state problem)."""
+
+    exit_code = ExitCode.STATE

@@ -4,11 +4,9 @@ the measurements into settings."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from dataclasses import asdict
-from datetime import datetime, timezone
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,10 +14,10 @@ from deployer import __version__
 from deployer.cli.common import AppContext, json_option, pass_app, print_json, table, use_color
 
 if TYPE_CHECKING:
-    from deployer.benchstats import BenchRun, Comparison, MetricDelta, Suggestion
-    from deployer.deployment import DeploymentDir
-    from deployer.loadgen import SweepProgress
-    from deployer.planner import DeploymentPlan
+    from deployer.bench.compare import Comparison, MetricDelta
+    from deployer.bench.run import BenchRun
+    from deployer.bench.runner import SweepProgress
+    from deployer.bench.suggest import Suggestion
 
 DEFAULT_CONCURRENCY = "1,2,4,8,16,32"
 DEFAULT_PROMPTS = "128,1024,25%"
@@ -52,7 +50,8 @@ def bench() -> None:
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    from deployer.benchstats import BenchError, parse_int_list
+    from deployer.bench.sweep import parse_int_list
+    from deployer.errors import BenchError
 
     try:
         return parse_int_list(value, f"--{param.name}")
@@ -61,30 +60,13 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 
 
 def _prompt_specs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
-    from deployer.benchstats import BenchError, parse_prompt_specs
+    from deployer.bench.sweep import parse_prompt_specs
+    from deployer.errors import BenchError
 
     try:
         return parse_prompt_specs(value)
     except BenchError as exc:
         raise click.BadParameter(exc.message) from None
-
-
-def _inventory(plan: DeploymentPlan) -> dict[str, Any]:
-    """The GPUs the run is measured on: NVML now when the plan came from NVML, else (and when
-    NVML cannot be read) the inventory the plan was made for."""
-    from deployer.errors import InventoryError
-
-    if plan.inventory_source == "nvml":
-        try:
-            from deployer.nvml import read_inventory
-
-            return {"source": "nvml, read at bench time", **read_inventory().to_dict()}
-        except InventoryError:
-            pass
-    return {
-        "source": f"{plan.inventory_source}, as planned",
-        "gpus": [asdict(g) for g in plan.gpus],
-    }
 
 
 def _progress_printer() -> tuple[Callable[[SweepProgress], None] | None, Callable[[], None]]:
@@ -110,8 +92,8 @@ def _progress_printer() -> tuple[Callable[[SweepProgress], None] | None, Callabl
 
 def render_run(run: BenchRun, path: Path) -> str:
     """The terminal summary of a run: one row per point, errors, mixed-load findings, where."""
-    from deployer.benchreport import POINT_HEADERS, error_lines, point_row
-    from deployer.benchstats import interference, where_it_hurts
+    from deployer.bench.interference import interference, where_it_hurts
+    from deployer.bench.report import POINT_HEADERS, error_lines, point_row
 
     lines = [table(POINT_HEADERS, [point_row(p) for p in run.points])]
     errors = error_lines(run.points)
@@ -210,85 +192,43 @@ def run_cmd(
     """
     import requests
 
-    from deployer.benchreport import bench_root, new_run_id, write_run
-    from deployer.benchstats import BenchError, BenchRun, plan_sweep
-    from deployer.endpoints import base_url_for
-    from deployer.loadgen import Endpoint, run_sweep
+    from deployer.bench.runner import BenchRequest, run_bench
 
-    directory = app.deployment_dir
-    plan = directory.load_plan()
-    keys = directory.read_env()
-    chosen = [plan.service(n) for n in services] if services else list(plan.services)
-    chosen = list({s.name: s for s in chosen}.values())
-    for service in chosen:
-        # `auth: none` services (planned with --allow-unauthenticated) are called without a key.
-        if not keys.get(service.api_key_env) and getattr(service, "auth", "key") != "none":
-            raise BenchError(
-                f"no API key for {service.name} in the deployment's .env ({service.api_key_env})",
-                hint="run `qwen-deploy render` or `qwen-deploy up` again",
-            )
-    planned, skipped = plan_sweep(chosen, concurrency, prompt_tokens, max_tokens, mixed)
-    if not planned:
-        raise BenchError("nothing to measure: " + "; ".join(skipped))
-    endpoints = {
-        s.name: Endpoint(s, base_url_for(s, host), keys.get(s.api_key_env, "")) for s in chosen
-    }
+    request = BenchRequest(
+        services=services,
+        concurrency=concurrency,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        requests_per_point=requests_per_point,
+        duration_per_point_s=duration_per_point,
+        timeout_s=timeout_s,
+        mixed=mixed,
+        thinking=thinking,
+        host=host,
+    )
 
     def session_factory() -> requests.Session:
         session = requests.Session()
         session.headers["User-Agent"] = f"qwen-deploy/{__version__} bench"
         return session
 
-    started = datetime.now(timezone.utc)
     show, clear = _progress_printer()
     try:
-        result = run_sweep(
-            endpoints,
-            planned,
-            session_factory,
-            max_tokens=max_tokens,
-            requests_per_point=requests_per_point,
-            duration_s=duration_per_point,
-            timeout_s=timeout_s,
-            thinking=thinking,
-            on_progress=show,
-        )
+        outcome = run_bench(app.deployment_dir, request, session_factory, on_progress=show)
     finally:
         clear()
-    if not result.records:
+    if outcome.run is None or outcome.path is None:
         click.echo("interrupted before any point was measured; nothing saved", err=True)
         ctx.exit(130)
-    run = BenchRun(
-        run_id=new_run_id(started, bench_root(directory)),
-        deployment=plan.deployment,
-        started_at=started.isoformat(timespec="seconds"),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        options={
-            "services": [s.name for s in chosen],
-            "concurrency": list(concurrency),
-            "prompt_tokens": list(prompt_tokens),
-            "max_tokens": max_tokens,
-            "requests_per_point": requests_per_point,
-            "duration_per_point_s": duration_per_point,
-            "timeout_s": timeout_s,
-            "mixed": mixed,
-            "thinking": thinking,
-            "host": host,
-        },
-        plan=plan.to_dict(),
-        inventory=_inventory(plan),
-        points=tuple(r.point for r in result.records),
-        skipped=skipped,
-        interrupted=result.interrupted,
-    )
-    path = write_run(directory, run, result.records)
+        return
+    run, path = outcome.run, outcome.path
     if as_json:
         print_json("bench-run", {"run_dir": str(path), **run.to_dict()})
     else:
         click.echo(render_run(run, path))
-    if result.interrupted:
+    if outcome.interrupted:
         click.echo(
-            f"interrupted during {result.interrupted}: {len(run.points)} point(s) measured "
+            f"interrupted during {outcome.interrupted}: {len(run.points)} point(s) measured "
             f"before it are saved in {path}",
             err=True,
         )
@@ -313,7 +253,7 @@ def _delta_cell(d: MetricDelta, color: bool) -> str:
 
 
 def render_comparison(cmp: Comparison, a: BenchRun, b: BenchRun, color: bool = False) -> str:
-    from deployer.benchstats import COMPARED
+    from deployer.bench.compare import COMPARED
 
     lines = [
         f"A: {a.run_id} ({a.engine}, {len(a.points)} points)   "
@@ -360,8 +300,8 @@ def compare_cmd(app: AppContext, run_a: str, run_b: str, as_json: bool) -> None:
 
     Example: qwen-deploy bench compare 20250131-140502 latest
     """
-    from deployer.benchreport import load_run
-    from deployer.benchstats import compare_runs
+    from deployer.bench.compare import compare_runs
+    from deployer.bench.storage import load_run
 
     directory = app.deployment_dir
     a, b = load_run(directory, run_a), load_run(directory, run_b)
@@ -380,7 +320,7 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
 
     Example: qwen-deploy bench list
     """
-    from deployer.benchreport import bench_root, list_runs
+    from deployer.bench.storage import bench_root, list_runs
 
     directory = app.deployment_dir
     runs = list_runs(directory)
@@ -425,28 +365,11 @@ def list_cmd(app: AppContext, as_json: bool) -> None:
 # --- tune ---------------------------------------------------------------------------------------
 
 
-def _find_run(directory: DeploymentDir, service: str, ref: str | None) -> BenchRun:
-    from deployer.benchreport import list_runs, load_run
-    from deployer.benchstats import BenchError
+def render_suggestions(suggestions: Sequence[Suggestion], notes: Sequence[str]) -> str:
+    from deployer.bench.textfmt import setting_value
 
-    if ref is not None:
-        return load_run(directory, ref)
-    for run in reversed(list_runs(directory)):
-        if any(p.service == service and p.ok for p in run.points):
-            return run
-    raise BenchError(
-        f"no bench run has measured {service}",
-        hint=f"run `qwen-deploy bench {service}` first",
-    )
-
-
-def _value(v: float) -> str:
-    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
-
-
-def render_suggestions(suggestions: list[Suggestion], notes: list[str]) -> str:
     rows = [
-        [s.setting, _value(s.current), _value(s.suggested) if s.changed else "(keep)"]
+        [s.setting, setting_value(s.current), setting_value(s.suggested) if s.changed else "(keep)"]
         for s in suggestions
     ]
     lines = [table(["SETTING", "CURRENT", "SUGGESTED"], rows), ""]
@@ -500,61 +423,15 @@ def tune(
 
     Example: qwen-deploy tune mini --write-profile profiles/tri-tier.yaml
     """
-    from deployer.benchstats import choose_curve, suggest
-    from deployer.deployment import plan_from_dict
-    from deployer.profile_edit import write_service_settings
+    from deployer.bench.tune import TuneRequest
+    from deployer.bench.tune import tune as tune_service
 
-    directory = app.deployment_dir
-    current = directory.load_plan().service(service)
-    name = current.name
-    run = _find_run(directory, name, run_ref)
-    measured_plan = plan_from_dict(run.plan)
-    measured = measured_plan.service(name)
-    suggestions = suggest(measured_plan, name, run.points, prompt_target)
-    curve = choose_curve(run.points, name, prompt_target)
-    notes = [
-        f"from run {run.run_id} ({run.engine}): {curve[0].mode} points at prompt "
-        f"{curve[0].prompt_target} tokens, concurrency "
-        f"{', '.join(str(p.concurrency) for p in curve)}"
-    ]
-    changed = [
-        f"{key} {getattr(measured, key)} -> {getattr(current, key)}"
-        for key in ("max_num_seqs", "max_model_len", "gpu_memory_utilization", "kv_cache_tokens")
-        if getattr(measured, key) != getattr(current, key)
-    ]
-    if changed:
-        notes.append(
-            f"the plan changed since that run ({', '.join(changed)}): the suggestions are "
-            f"relative to what was measured; bench {name} again to tune the current plan"
-        )
-    written: dict[str, Any] | None = None
-    if write_profile is not None:
-        settings = {s.setting: s.suggested for s in suggestions if s.changed}
-        if settings:
-            backup = write_service_settings(write_profile, name, settings)
-            written = {"file": str(write_profile), "backup": str(backup), "settings": settings}
-            notes.append(
-                f"wrote {write_profile}: "
-                + ", ".join(f"services.{name}.{k}: {_value(v)}" for k, v in settings.items())
-                + f" (previous file: {backup}); check with `qwen-deploy plan --profile "
-                f"{write_profile}`, apply with `qwen-deploy up --profile {write_profile}`"
-            )
-        else:
-            notes.append(f"nothing written to {write_profile}: every setting is kept")
+    request = TuneRequest(service, run_ref, prompt_target, write_profile)
+    result = tune_service(app.deployment_dir, request)
     if as_json:
-        print_json(
-            "tune",
-            {
-                "service": name,
-                "run_id": run.run_id,
-                "prompt_target": curve[0].prompt_target,
-                "suggestions": [s.to_dict() for s in suggestions],
-                "written": written,
-                "notes": notes,
-            },
-        )
+        print_json("tune", result.to_dict())
     else:
-        click.echo(render_suggestions(suggestions, notes))
+        click.echo(render_suggestions(result.suggestions, result.notes))
 
 
 COMMANDS = [bench, tune]

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from deployer.benchstats import Point
+from deployer.bench.runner import SweepProgress
+from deployer.bench.samples import Point
 from deployer.catalog import Catalog
 from deployer.cli import cmd_bench
 from deployer.cli.main import cli
 from deployer.deployment import ENV_FILE, PLAN_FILE, DeploymentDir, render_env
-from deployer.loadgen import SweepProgress
 from deployer.planner import DeploymentPlan, PlanOptions, ServicePlan, plan
 from deployer.profiles import PROFILES_DIR, load_profile
 from deployer.spec import vllm_args

@@ -28,7 +28,7 @@ VERIFY_REQUESTS = 3  # verify's chat, stream and thinking checks complete one re
 
 
 def _bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "bench" / "load_tri_tier.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "load_tri_tier.py"
     spec = importlib.util.spec_from_file_location("load_tri_tier", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deployer.benchreport import (
+from deployer.bench.run import BenchRun
+from deployer.bench.samples import PointRecord, RequestSample, aggregate
+from deployer.bench.storage import (
     bench_root,
     list_runs,
     load_run,
@@ -18,10 +20,9 @@ from deployer.benchreport import (
     run_ids,
     write_run,
 )
-from deployer.benchstats import BenchError, BenchRun, RequestSample, aggregate
 from deployer.catalog import Catalog
 from deployer.deployment import DeploymentDir
-from deployer.loadgen import PointRecord
+from deployer.errors import BenchError
 from deployer.planner import DeploymentPlan, PlanOptions, plan
 from deployer.profiles import load_profile
 from tests.conftest import inventory

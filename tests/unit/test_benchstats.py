@@ -8,27 +8,21 @@ from typing import Any
 
 import pytest
 
-from deployer.benchstats import (
-    BenchError,
-    BenchRun,
+from deployer.bench.compare import compare_runs
+from deployer.bench.interference import interference, shared_gpu_neighbours, where_it_hurts
+from deployer.bench.run import BenchRun
+from deployer.bench.samples import (
     EngineSample,
     Point,
     RequestSample,
-    Suggestion,
     Summary,
     aggregate,
-    compare_runs,
-    interference,
-    parse_int_list,
-    parse_prompt_specs,
     percentile,
-    plan_sweep,
-    resolve_prompt,
-    shared_gpu_neighbours,
-    suggest,
-    where_it_hurts,
 )
+from deployer.bench.suggest import Suggestion, suggest
+from deployer.bench.sweep import parse_int_list, parse_prompt_specs, plan_sweep, resolve_prompt
 from deployer.catalog import Catalog
+from deployer.errors import BenchError
 from deployer.planner import DeploymentPlan, plan
 from deployer.profiles import load_profile, parse_profile
 from tests.conftest import inventory

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from deployer.benchreport import write_run
-from deployer.benchstats import BenchRun, RequestSample, aggregate
+from deployer.bench.run import BenchRun
+from deployer.bench.samples import PointRecord, RequestSample, aggregate
+from deployer.bench.storage import write_run
 from deployer.catalog import Catalog
 from deployer.cli.main import cli
 from deployer.deployment import ENV_FILE, PLAN_FILE, DeploymentDir, render_env
 from deployer.errors import ExitCode
-from deployer.loadgen import PointRecord
 from deployer.planner import DeploymentPlan, plan
 from deployer.profiles import PROFILES_DIR, load_profile, load_profile_file
 from tests.conftest import inventory

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from deployer.benchstats import EngineSample
-from deployer.catalog import Catalog
-from deployer.loadgen import (
+from deployer.bench.client import (
     CHAT_TEMPLATE_TOKENS,
     Endpoint,
     Load,
     chat_request,
     parse_metrics,
-    requests_for,
     synthetic_prompt,
 )
+from deployer.bench.samples import EngineSample
+from deployer.bench.sweep import requests_for
+from deployer.catalog import Catalog
 from deployer.planner import plan
 from deployer.profiles import load_profile
 from tests.conftest import inventory

@@ -1,58 +1,18 @@
-"""Bench runs on disk: `<deployment dir>/bench/<run-id>/` holds run.json (options, plan, GPU
-inventory, points), points.csv, requests.csv, report.md and one PNG chart per tier. A run is
-written into a hidden staging folder and renamed into place, so readers never see half a run;
-each text file goes through `deployment.write_atomic`.
-"""
+"""A run as text, pure: the point table shared by the terminal and the Markdown report, the
+points and requests CSVs, and report.md."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import json
-import os
-import re
-import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from datetime import datetime
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from deployer.benchstats import (
-    BenchError,
-    BenchRun,
-    Point,
-    interference,
-    where_it_hurts,
-)
-from deployer.deployment import DeploymentDir, write_atomic
-from deployer.loadgen import PointRecord, iter_samples
+from deployer.bench.interference import interference, where_it_hurts
+from deployer.bench.run import BenchRun
+from deployer.bench.samples import Point, PointRecord, iter_samples
 
-BENCH_DIR = "bench"
-RUN_FILE = "run.json"
-POINTS_CSV = "points.csv"
-REQUESTS_CSV = "requests.csv"
-REPORT_FILE = "report.md"
-RUN_ID = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
 SUMMARY_FIELDS = ("mean", "p50", "p95", "p99", "max")
-
-
-def bench_root(directory: DeploymentDir) -> Path:
-    return directory.path / BENCH_DIR
-
-
-def new_run_id(now: datetime, root: Path) -> str:
-    """`20250131-140502` (UTC), with `-2`, `-3`… when that second already has a run."""
-    base = now.strftime("%Y%m%d-%H%M%S")
-    run_id, n = base, 1
-    while (root / run_id).exists() or (root / f".{run_id}.tmp").exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
-
-
-# --- tables shared by the terminal and the Markdown report -----------------------------------
 
 
 def _n(value: float | None, digits: int = 0) -> str:
@@ -318,7 +278,7 @@ def to_markdown(run: BenchRun, charts: Sequence[str]) -> str:
                     str(r.concurrency),
                     str(r.prompt_target),
                     ", ".join(r.shares_gpu_with) or "-",
-                    f"{_n(r.solo_tps)} -> {_n(r.mixed_tps)} ({_ratio(r.tps_ratio)})",
+                    f"{_n(r.solo_tps)} -> {_n(r.mixed_tps)} ({_times(r.tps_ratio)})",
                     f"{_n(r.solo_ttft_p95_ms)} -> {_n(r.mixed_ttft_p95_ms)} ms",
                     f"{_n(r.solo_itl_p50_ms, 1)} -> {_n(r.mixed_itl_p50_ms, 1)} ms",
                 ]
@@ -337,165 +297,5 @@ def to_markdown(run: BenchRun, charts: Sequence[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _ratio(value: float | None) -> str:
+def _times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
-
-
-# --- charts -------------------------------------------------------------------------------------
-
-
-def render_charts(run: BenchRun, folder: Path) -> list[str]:
-    """One PNG per tier: throughput, TTFT p95 and ITL p50 against concurrency, a line per
-    prompt length (dashed: mixed load). Raises ImportError without matplotlib."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = []
-    for service in run.services:
-        mine = [p for p in run.points if p.service == service]
-        fig = Figure(figsize=(13, 3.8), dpi=100, layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, 3)
-        panels: tuple[tuple[str, Callable[[Point], float | None]], ...] = (
-            ("output tokens/s (all requests)", lambda p: p.throughput_tps),
-            ("TTFT p95 (ms)", lambda p: p.ttft_ms.p95),
-            ("inter-token latency p50 (ms)", lambda p: p.itl_ms.p50),
-        )
-        levels = sorted({p.concurrency for p in mine})
-        prompts = sorted({p.prompt_target for p in mine})
-        for ax, (title, value) in zip(axes, panels, strict=True):
-            top = 0.0
-            for mode in ("solo", "mixed"):
-                for prompt in prompts:
-                    line = sorted(
-                        (p for p in mine if p.mode == mode and p.prompt_target == prompt),
-                        key=lambda p: p.concurrency,
-                    )
-                    xy = [(p.concurrency, y) for p in line if (y := value(p)) is not None]
-                    if not xy:
-                        continue
-                    top = max(top, *(y for _, y in xy))
-                    ax.plot(
-                        [x for x, _ in xy],
-                        [y for _, y in xy],
-                        marker="o",
-                        color=f"C{prompts.index(prompt) % 10}",
-                        linestyle="-" if mode == "solo" else "--",
-                        label=f"{mode}, prompt {prompt}",
-                    )
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("concurrent requests")
-            if len(levels) > 1:
-                ax.set_xscale("log", base=2)
-            ax.set_xticks(levels, [str(c) for c in levels])
-            ax.set_ylim(0, top * 1.12 or 1)
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
-        model = next(
-            (s["served_model_name"] for s in run.plan.get("services", []) if s["name"] == service),
-            "",
-        )
-        fig.suptitle(f"{service} ({model}), run {run.run_id}, engine {run.engine}", fontsize=11)
-        fig.savefig(folder / f"{service}.png")
-        names.append(f"{service}.png")
-    return names
-
-
-# --- writing and reading runs -------------------------------------------------------------------
-
-
-def write_run(directory: DeploymentDir, run: BenchRun, records: Sequence[PointRecord]) -> Path:
-    """Write the run's files into a staging folder, then rename it to bench/<run-id>."""
-    root = bench_root(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / run.run_id
-    if final.exists():
-        raise BenchError(f"bench run {run.run_id} already exists at {final}")
-    staging = root / f".{run.run_id}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        try:
-            charts = render_charts(run, staging) if run.points else []
-        except ImportError:
-            charts = []
-            run = replace(
-                run,
-                notes=(
-                    *run.notes,
-                    "charts not drawn: matplotlib is not installed (pip install matplotlib)",
-                ),
-            )
-        write_atomic(staging / RUN_FILE, json.dumps(run.to_dict(), indent=2) + "\n", 0o644)
-        write_atomic(staging / POINTS_CSV, points_csv(run.points), 0o644)
-        write_atomic(staging / REQUESTS_CSV, requests_csv(records), 0o644)
-        write_atomic(staging / REPORT_FILE, to_markdown(run, charts), 0o644)
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    fd = os.open(root, os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return final
-
-
-def run_ids(directory: DeploymentDir) -> list[str]:
-    """Saved runs, oldest first (ids are UTC timestamps)."""
-    root = bench_root(directory)
-    if not root.is_dir():
-        return []
-    found = [p.name for p in root.iterdir() if RUN_ID.match(p.name) and (p / RUN_FILE).is_file()]
-    return sorted(found, key=_sort_key)
-
-
-def _sort_key(run_id: str) -> tuple[str, int]:
-    return (run_id[:15], int(run_id[16:] or 1))
-
-
-def resolve_run(directory: DeploymentDir, ref: str) -> str:
-    """A run id from `latest`, `previous`, an id or a unique prefix of one."""
-    ids = run_ids(directory)
-    if not ids:
-        raise BenchError(
-            f"no bench runs in {bench_root(directory)}",
-            hint="run `qwen-deploy bench` first",
-        )
-    if ref == "latest":
-        return ids[-1]
-    if ref == "previous":
-        if len(ids) < 2:
-            raise BenchError("there is only one bench run, so no previous one")
-        return ids[-2]
-    if ref in ids:
-        return ref
-    matches = [i for i in ids if i.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    shown = ", ".join(ids[-5:])
-    if matches:
-        raise BenchError(f"bench run {ref!r} is ambiguous: {', '.join(matches)}")
-    raise BenchError(f"no bench run {ref!r}", hint=f"latest runs: {shown}; or latest, previous")
-
-
-def load_run(directory: DeploymentDir, ref: str) -> BenchRun:
-    run_id = resolve_run(directory, ref)
-    path = bench_root(directory) / run_id / RUN_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BenchError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise BenchError(f"{path} is not a JSON object")
-    return BenchRun.from_dict(data, str(path))
-
-
-def list_runs(directory: DeploymentDir) -> list[BenchRun]:
-    """Every readable run, oldest first (unreadable ones are left out)."""
-    runs = []
-    for run_id in run_ids(directory):
-        with contextlib.suppress(BenchError):
-            runs.append(load_run(directory, run_id))
-    return runs
