@@ -4,11 +4,9 @@
 #      imported into Docker; built once per machine (skipped when the image exists).
 #   2. STANDIN_IMAGE: the vLLM stand-in server (deployer/standin) on top of it; docker's
 #      build cache makes this a no-op when the stand-in's files did not change.
+# The vLLM version (the stand-in's /version and its image tag) comes from deployer/vllm_pin.py,
+# its one source. `build-images.sh --print-config` prints the settings and builds nothing.
 set -euo pipefail
-
-BASE_IMAGE="${BASE_IMAGE:-qwen-deploy/base:bookworm}"
-STANDIN_IMAGE="${STANDIN_IMAGE:-qwen-deploy/vllm-standin:0.33.0}"
-SUITE=bookworm
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # The stand-in's build context: the checkout's, or an installed package's
@@ -16,6 +14,19 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STANDIN_CONTEXT="${STANDIN_CONTEXT:-$ROOT/deployer/standin}"
 say() { printf 'build-images: %s\n' "$*"; }
 die() { printf 'build-images: error: %s\n' "$*" >&2; exit 1; }
+
+PIN="$STANDIN_CONTEXT/../vllm_pin.py"
+VLLM_VERSION="$(sed -n 's/^VLLM_VERSION = "\([^"]*\)"$/\1/p' "$PIN" 2>/dev/null || true)"
+[ -n "$VLLM_VERSION" ] || die "no VLLM_VERSION = \"...\" line in $PIN"
+BASE_IMAGE="${BASE_IMAGE:-qwen-deploy/base:bookworm}"
+STANDIN_IMAGE="${STANDIN_IMAGE:-qwen-deploy/vllm-standin:$VLLM_VERSION}"
+SUITE=bookworm
+
+if [ "${1:-}" = "--print-config" ]; then
+    printf 'VLLM_VERSION=%s\nBASE_IMAGE=%s\nSTANDIN_IMAGE=%s\nSTANDIN_CONTEXT=%s\n' \
+        "$VLLM_VERSION" "$BASE_IMAGE" "$STANDIN_IMAGE" "$STANDIN_CONTEXT"
+    exit 0
+fi
 
 docker info >/dev/null 2>&1 || die "no Docker engine reachable; run scripts/docker-up.sh first"
 
@@ -75,7 +86,7 @@ say "building $STANDIN_IMAGE from $STANDIN_CONTEXT"
 # The classic builder works with an imported base image and no registry; it warns that it is
 # deprecated, so its output is shown only when the build fails.
 if ! out="$(DOCKER_BUILDKIT=0 docker build --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-        -t "$STANDIN_IMAGE" "$STANDIN_CONTEXT" 2>&1)"; then
+        --build-arg "VLLM_VERSION=$VLLM_VERSION" -t "$STANDIN_IMAGE" "$STANDIN_CONTEXT" 2>&1)"; then
     printf '%s\n' "$out" >&2
     die "docker build of $STANDIN_IMAGE failed"
 fi

@@ -19,7 +19,9 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer
 
-STANDIN_IMAGE = os.environ.get("STANDIN_IMAGE", "qwen-deploy/vllm-standin:0.33.0")
+from deployer import vllm_pin
+
+STANDIN_IMAGE = os.environ.get("STANDIN_IMAGE", vllm_pin.STANDIN_IMAGE)
 MAKE_IMAGES_HINT = (
     "run `make images` (scripts/docker-up.sh starts the engine, scripts/build-images.sh builds "
     "the images)"

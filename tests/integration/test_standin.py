@@ -1,4 +1,4 @@
-"""The vLLM stand-in image behaves like `vllm serve` 0.33.0 from the outside (real containers,
+"""The vLLM stand-in image behaves like `vllm serve` of the pinned vLLM from the outside (real containers,
 real HTTP)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import requests
 
+from deployer.vllm_pin import VLLM_VERSION
 from tests.integration.conftest import StartStandin
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ def test_api_key_guards_v1_only(standin: StartStandin) -> None:
 
     health = requests.get(s.url + "/health", timeout=5)
     assert (health.status_code, health.content) == (200, b"")
-    assert requests.get(s.url + "/version", timeout=5).json() == {"version": "0.33.0"}
+    assert requests.get(s.url + "/version", timeout=5).json() == {"version": VLLM_VERSION}
     metrics = requests.get(s.url + "/metrics", timeout=5).text
     for name in (
         "vllm:num_requests_running",

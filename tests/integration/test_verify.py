@@ -21,6 +21,7 @@ from deployer.planner import DeploymentPlan, ServicePlan, plan
 from deployer.profiles import load_profile
 from deployer.spec import vllm_args
 from deployer.verify import CHECKS, ServiceVerification, verify_plan, verify_service
+from deployer.vllm_pin import VLLM_VERSION
 from tests.conftest import inventory
 from tests.integration.conftest import Standin, StartStandin
 
@@ -76,7 +77,7 @@ def test_every_check_passes_on_a_healthy_standin(
     result = run(session, instance, service)
     assert result.ok, failed(result)
     assert [c.check for c in result.checks] == list(CHECKS)
-    assert result.check("health").metrics["version"] == "0.33.0"
+    assert result.check("health").metrics["version"] == VLLM_VERSION
     assert result.check("models").metrics["max_model_len"] == micro.max_model_len
     assert result.check("auth").metrics == {"no_key": 401, "wrong_key": 401}
     chat = result.check("chat").metrics

@@ -18,10 +18,20 @@ from typing import Any
 import pytest
 import requests
 
-from deployer.standin import server
+from deployer.standin import (
+    cli_args,
+    generation,
+    gpu_worker,
+    ledger,
+    model_info,
+    protocol,
+    server,
+    settings,
+)
 
 SERVER = Path(server.__file__)
-MiB, GiB = server.MiB, server.GiB
+ROOT = SERVER.parents[2]
+MiB, GiB = gpu_worker.MiB, gpu_worker.GiB
 
 
 def parse(*argv: str) -> tuple[int, str]:
@@ -29,7 +39,7 @@ def parse(*argv: str) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
-            server.parse_serve_args(argv)
+            cli_args.parse_serve_args(argv)
         except SystemExit as exc:
             return int(exc.code or 0), err.getvalue().strip().splitlines()[-1]
     return 0, ""
@@ -72,7 +82,7 @@ def test_rejects_what_vllm_rejects(argv: list[str], message: str) -> None:
 def test_task_gets_vllms_hint() -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
-        server.parse_serve_args(["Qwen/Qwen3-8B", "--task", "generate"])
+        cli_args.parse_serve_args(["Qwen/Qwen3-8B", "--task", "generate"])
     assert "vllm: error: unrecognized arguments: --task generate" in err.getvalue()
     assert "Hint: --task is not a vllm serve option." in err.getvalue()
 
@@ -87,7 +97,7 @@ def test_json_flag_errors_name_the_parser() -> None:
 
 
 def test_accepts_every_flag_the_planner_renders() -> None:
-    args, warnings = server.parse_serve_args(
+    args, warnings = cli_args.parse_serve_args(
         [
             "Qwen/Qwen3-32B-AWQ",
             "--served-model-name", "medium", "MEDIUM",
@@ -134,7 +144,7 @@ def test_accepts_every_flag_the_planner_renders() -> None:
 
 
 def test_defaults_match_vllm() -> None:
-    args, _ = server.parse_serve_args(["Qwen/Qwen3-8B"])
+    args, _ = cli_args.parse_serve_args(["Qwen/Qwen3-8B"])
     assert args.port == 8000
     assert args.host is None
     assert args.gpu_memory_utilization == 0.92
@@ -146,7 +156,7 @@ def test_defaults_match_vllm() -> None:
 
 
 def test_option_table_is_vllm_033s() -> None:
-    options = server.serve_option_strings()
+    options = cli_args.serve_option_strings()
     # make_arg_parser() of vLLM 0.33.0 registers 485 option strings (aliases and -h included)
     assert len(options) == 485
     for flag in ("--disable-prefix-caching", "--no-enable-prefix-caching", "-tp", "-q", "-asc"):
@@ -156,38 +166,38 @@ def test_option_table_is_vllm_033s() -> None:
 
 
 def test_model_positional_flag_and_default() -> None:
-    assert server.parse_serve_args(["Qwen/Qwen3-8B"])[0].model == "Qwen/Qwen3-8B"
-    args, warnings = server.parse_serve_args(["--port", "1", "--model=Qwen/Qwen3-4B"])
+    assert cli_args.parse_serve_args(["Qwen/Qwen3-8B"])[0].model == "Qwen/Qwen3-8B"
+    args, warnings = cli_args.parse_serve_args(["--port", "1", "--model=Qwen/Qwen3-4B"])
     assert (args.model, args.model_tag, args.port) == ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B", 1)
     assert "The `--model` option will be removed in a future version." in warnings[0]
-    assert server.parse_serve_args([])[0].model == "Qwen/Qwen3-0.6B"
-    with pytest.raises(server.StartupError, match="should be provided as the first positional"):
-        server.parse_serve_args(["--served-model-name", "x"])
+    assert cli_args.parse_serve_args([])[0].model == "Qwen/Qwen3-0.6B"
+    with pytest.raises(cli_args.StartupError, match="should be provided as the first positional"):
+        cli_args.parse_serve_args(["--served-model-name", "x"])
 
 
 def test_flexible_spelling() -> None:
-    args, _ = server.parse_serve_args(
+    args, _ = cli_args.parse_serve_args(
         ["m", "--max_model_len", "4096", "--tensor_parallel_size=2", "--gpu-memory-util", "0.5"]
     )
     assert (args.max_model_len, args.tensor_parallel_size) == (4096, 2)
     assert args.gpu_memory_utilization == 0.5  # argparse accepts unambiguous prefixes
-    dotted, _ = server.parse_serve_args(
+    dotted, _ = cli_args.parse_serve_args(
         ["m", "--hf-overrides.rope_parameters.factor", "4.0", "--hf-overrides.max_position_embeddings", "131072"]
     )  # fmt: skip
     assert dotted.hf_overrides == {
         "rope_parameters": {"factor": 4.0},
         "max_position_embeddings": 131072,
     }
-    assert server.parse_serve_args(["m", "-O3"])[0].optimization_level == "3"
+    assert cli_args.parse_serve_args(["m", "-O3"])[0].optimization_level == "3"
 
 
 def test_human_readable_ints() -> None:
-    assert server.human_readable_int("1k") == 1000
-    assert server.human_readable_int("1K") == 1024
-    assert server.human_readable_int("25.6k") == 25600
-    assert server.human_readable_int("2G") == 2 * GiB
-    assert server.human_readable_int_or_auto("auto") == -1
-    assert server.human_readable_int_or_auto("-1") == -1
+    assert cli_args.human_readable_int("1k") == 1000
+    assert cli_args.human_readable_int("1K") == 1024
+    assert cli_args.human_readable_int("25.6k") == 25600
+    assert cli_args.human_readable_int("2G") == 2 * GiB
+    assert cli_args.human_readable_int_or_auto("auto") == -1
+    assert cli_args.human_readable_int_or_auto("-1") == -1
 
 
 @pytest.mark.parametrize(
@@ -246,28 +256,34 @@ def test_unknown_flag_exits_2_from_the_command_line() -> None:
     ],
 )
 def test_quantization_resolution(model: str, flag: str | None, resolved: str | None) -> None:
-    assert server.resolve_quantization(server.model_info(model, {}), flag) == resolved
+    assert model_info.resolve_quantization(model_info.model_info(model, {}), flag) == resolved
 
 
 def test_quantization_mismatch() -> None:
-    with pytest.raises(server.StartupError, match=r"config \(compressed-tensors\) does not match"):
-        server.resolve_quantization(server.model_info("RedHatAI/Qwen3-8B-NVFP4", {}), "nvfp4")
+    with pytest.raises(
+        cli_args.StartupError, match=r"config \(compressed-tensors\) does not match"
+    ):
+        model_info.resolve_quantization(
+            model_info.model_info("RedHatAI/Qwen3-8B-NVFP4", {}), "nvfp4"
+        )
 
 
 def test_model_shapes() -> None:
-    info = server.model_info("Qwen/Qwen3-32B-AWQ", {})
+    info = model_info.model_info("Qwen/Qwen3-32B-AWQ", {})
     assert (info.layers, info.q_heads, info.kv_heads, info.max_position_embeddings) == (
         64, 64, 8, 40960,
     )  # fmt: skip
-    assert server.model_info("Qwen/Qwen3-4B-Instruct-2507", {}).max_position_embeddings == 262144
-    moe = server.model_info("Qwen/Qwen3-30B-A3B", {})
+    assert (
+        model_info.model_info("Qwen/Qwen3-4B-Instruct-2507", {}).max_position_embeddings == 262144
+    )
+    moe = model_info.model_info("Qwen/Qwen3-30B-A3B", {})
     assert (moe.architecture, moe.kv_heads) == ("Qwen3MoeForCausalLM", 4)
     # KV per token: 2 x 36 layers x 8 heads x 128 x 2 bytes; fp8 halves it; TP splits heads
-    qwen8b = server.model_info("Qwen/Qwen3-8B", {})
-    assert server.kv_bytes_per_token(qwen8b, 1, "auto") == 147456
-    assert server.kv_bytes_per_token(qwen8b, 1, "fp8") == 73728
-    assert server.kv_bytes_per_token(qwen8b, 2, "auto") == 73728
-    assert server.kv_bytes_per_token(moe, 8, "auto") == 2 * 48 * 1 * 128 * 2  # replicated
+    qwen8b = model_info.model_info("Qwen/Qwen3-8B", {})
+    assert model_info.kv_bytes_per_token(qwen8b, 1, "auto") == 147456
+    assert model_info.kv_bytes_per_token(qwen8b, 1, "fp8") == 73728
+    assert model_info.kv_bytes_per_token(qwen8b, 2, "auto") == 73728
+    assert model_info.kv_bytes_per_token(moe, 8, "auto") == 2 * 48 * 1 * 128 * 2  # replicated
 
 
 # -- GPU memory arithmetic -----------------------------------------------------------------
@@ -275,49 +291,49 @@ def test_model_shapes() -> None:
 
 def test_free_memory_message_is_vllms() -> None:
     total = 24564 * MiB
-    free = total - 410 * MiB - server.requested_bytes(total, 0.5)
-    assert server.requested_bytes(total, 0.5) == 12282 * MiB
-    assert server.free_memory_error(0, total, free, 0.6) == (
+    free = total - 410 * MiB - gpu_worker.requested_bytes(total, 0.5)
+    assert gpu_worker.requested_bytes(total, 0.5) == 12282 * MiB
+    assert gpu_worker.free_memory_error(0, total, free, 0.6) == (
         "ValueError: Free memory on device cuda:0 (11.59/23.99 GiB) on startup is less than "
         "desired GPU memory utilization (0.6, 14.39 GiB). Decrease GPU memory utilization or "
         "reduce GPU memory used by other processes."
     )
-    assert server.free_memory_error(1, total, free, 0.45) is None
-    assert server.format_gib(24 * GiB) == "24.0"  # str(round(x, 2)), as vLLM prints it
+    assert gpu_worker.free_memory_error(1, total, free, 0.45) is None
+    assert gpu_worker.format_gib(24 * GiB) == "24.0"  # str(round(x, 2)), as vLLM prints it
 
 
 def test_requested_memory_is_a_ceiling_of_the_total() -> None:
-    assert server.requested_bytes(1000, 0.9) == 900
-    assert server.requested_bytes(1001, 0.9) == 901  # ceil(900.9)
+    assert gpu_worker.requested_bytes(1000, 0.9) == 900
+    assert gpu_worker.requested_bytes(1001, 0.9) == 901  # ceil(900.9)
 
 
 def test_gpu_maps_and_visible_devices() -> None:
-    totals = server.parse_gpu_map("0:24564, 1:24564,GPU-abc:81559")
+    totals = ledger.parse_gpu_map("0:24564, 1:24564,GPU-abc:81559")
     assert totals == {"0": 24564, "1": 24564, "GPU-abc": 81559}
-    assert server.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "1,0"}, totals) == ["1", "0"]
-    assert server.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "void"}, totals) == []
-    assert server.visible_gpus({}, totals) == []
-    assert server.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "all"}, totals) == ["0", "1", "GPU-abc"]
+    assert ledger.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "1,0"}, totals) == ["1", "0"]
+    assert ledger.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "void"}, totals) == []
+    assert ledger.visible_gpus({}, totals) == []
+    assert ledger.visible_gpus({"NVIDIA_VISIBLE_DEVICES": "all"}, totals) == ["0", "1", "GPU-abc"]
     with pytest.raises(ValueError, match="expected ID:MIB"):
-        server.parse_gpu_map("0=1")
+        ledger.parse_gpu_map("0=1")
 
 
 def test_kv_cache_plan() -> None:
     per_token = 147456  # Qwen3-8B, BF16 KV
-    ok = server.plan_kv_cache(6 * GiB, per_token, 32768)
+    ok = gpu_worker.plan_kv_cache(6 * GiB, per_token, 32768)
     assert ok.error is None
     assert ok.tokens == 6 * GiB // per_token // 16 * 16
-    short = server.plan_kv_cache(1 * GiB, per_token, 40960)
+    short = gpu_worker.plan_kv_cache(1 * GiB, per_token, 40960)
     assert short.error is not None
     assert short.error.startswith(
         "ValueError: To serve at least one request with the model's max seq len (40960), "
         "(5.62 GiB KV cache is needed, which is larger than the available KV cache memory "
         "(1.0 GiB). Based on the available memory, the estimated maximum model length is 7280."
     )
-    assert server.plan_kv_cache(-5, per_token, 4096).error == server.NO_CACHE_MEMORY
-    fitted = server.plan_kv_cache(1 * GiB, per_token, 40960, auto_len=True)
+    assert gpu_worker.plan_kv_cache(-5, per_token, 4096).error == gpu_worker.NO_CACHE_MEMORY
+    fitted = gpu_worker.plan_kv_cache(1 * GiB, per_token, 40960, auto_len=True)
     assert (fitted.error, fitted.max_model_len) == (None, 7280)
-    fixed = server.plan_kv_cache(-5, per_token, 4096, kv_cache_memory_bytes=GiB)
+    fixed = gpu_worker.plan_kv_cache(-5, per_token, 4096, kv_cache_memory_bytes=GiB)
     assert fixed.error is None and fixed.available == GiB
 
 
@@ -325,8 +341,8 @@ def test_kv_cache_plan() -> None:
 
 
 def test_ledger_counts_live_entries_only(tmp_path: Path) -> None:
-    a = server.Ledger(str(tmp_path), "a")
-    b = server.Ledger(str(tmp_path), "b")
+    a = ledger.Ledger(str(tmp_path), "a")
+    b = ledger.Ledger(str(tmp_path), "b")
     a.register("0", 10 * GiB, "Qwen/Qwen3-8B")
     [entry] = b.entries("0")
     assert (entry.name, entry.requested, entry.state, entry.model) == (
@@ -343,37 +359,39 @@ def test_ledger_counts_live_entries_only(tmp_path: Path) -> None:
 def test_ledger_drops_entries_of_dead_processes(tmp_path: Path) -> None:
     # A process that registers and dies without releasing (like SIGKILL): file stays, lock goes.
     code = (
-        "import os, sys; sys.path.insert(0, sys.argv[1]); import server; "
-        "server.Ledger(sys.argv[2], 'dead').register('0', 5, 'm'); os._exit(1)"
+        "import os, sys; sys.path.insert(0, sys.argv[1]); "
+        "from deployer.standin import ledger; "
+        "ledger.Ledger(sys.argv[2], 'dead').register('0', 5, 'm'); os._exit(1)"
     )
-    subprocess.run([sys.executable, "-c", code, str(SERVER.parent), str(tmp_path)], check=False)
+    subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path)], check=False)
     assert (tmp_path / "gpu-0" / "dead.json").exists()
-    assert server.Ledger(str(tmp_path), "b").entries("0") == []
+    assert ledger.Ledger(str(tmp_path), "b").entries("0") == []
     assert not (tmp_path / "gpu-0" / "dead.json").exists()
 
 
 def test_ledger_sees_a_live_process(tmp_path: Path) -> None:
     code = (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); import server; "
-        "server.Ledger(sys.argv[2], 'live').register('0', 7, 'm'); print('ok', flush=True); "
+        "import sys, time; sys.path.insert(0, sys.argv[1]); "
+        "from deployer.standin import ledger; "
+        "ledger.Ledger(sys.argv[2], 'live').register('0', 7, 'm'); print('ok', flush=True); "
         "time.sleep(30)"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(SERVER.parent), str(tmp_path)],
+        [sys.executable, "-c", code, str(ROOT), str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ok"
-        [entry] = server.Ledger(str(tmp_path), "b").entries("0")
+        [entry] = ledger.Ledger(str(tmp_path), "b").entries("0")
         assert (entry.name, entry.requested) == ("live", 7)
     finally:
         proc.kill()
         proc.wait()
     deadline = time.monotonic() + 5
-    while server.Ledger(str(tmp_path), "b").entries("0") and time.monotonic() < deadline:
+    while ledger.Ledger(str(tmp_path), "b").entries("0") and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert server.Ledger(str(tmp_path), "b").entries("0") == []
+    assert ledger.Ledger(str(tmp_path), "b").entries("0") == []
 
 
 # -- tokens, thinking and max_tokens --------------------------------------------------------
@@ -384,11 +402,11 @@ def test_prompt_tokens_are_words_plus_template() -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": [{"type": "text", "text": "two words"}]},
     ]
-    assert server.chat_prompt_tokens(messages) == 4 + 2 * 4 + 3
+    assert generation.chat_prompt_tokens(messages) == 4 + 2 * 4 + 3
 
 
 def test_reasoning_split_with_parser() -> None:
-    g = server.generate_chat(
+    g = generation.generate_chat(
         "hello there", max_tokens=100, thinking=True, reasoning_parser=True, thinking_tokens=5
     )
     assert g.finish_reason == "stop"
@@ -398,7 +416,7 @@ def test_reasoning_split_with_parser() -> None:
 
 
 def test_thinking_inline_without_parser() -> None:
-    g = server.generate_chat(
+    g = generation.generate_chat(
         "hi", max_tokens=100, thinking=True, reasoning_parser=False, thinking_tokens=2
     )
     assert g.text("reasoning") is None
@@ -406,7 +424,7 @@ def test_thinking_inline_without_parser() -> None:
 
 
 def test_thinking_off() -> None:
-    g = server.generate_chat(
+    g = generation.generate_chat(
         "hi", max_tokens=100, thinking=False, reasoning_parser=True, thinking_tokens=50
     )
     assert (g.text("reasoning"), g.text("content")) == (None, "Stand-in reply to: hi")
@@ -427,7 +445,7 @@ def test_thinking_off() -> None:
 def test_thinking_counts_against_max_tokens(
     max_tokens: int, reasoning_words: int, content: str | None, finish: str
 ) -> None:
-    g = server.generate_chat(
+    g = generation.generate_chat(
         "hi", max_tokens=max_tokens, thinking=True, reasoning_parser=True, thinking_tokens=6
     )
     assert len((g.text("reasoning") or "").split()) == reasoning_words
@@ -437,49 +455,52 @@ def test_thinking_counts_against_max_tokens(
 
 
 def test_reasoning_tokens_so_far_and_inline() -> None:
-    g = server.generate_chat(
+    g = generation.generate_chat(
         "hi", max_tokens=100, thinking=True, reasoning_parser=False, thinking_tokens=3
     )
     assert [g.reasoning_tokens(n) for n in (0, 1, 2, 4, 5, 100)] == [0, 0, 1, 3, 3, 3]
-    off = server.generate_chat(
+    off = generation.generate_chat(
         "hi", max_tokens=100, thinking=False, reasoning_parser=True, thinking_tokens=3
     )
     assert off.reasoning_tokens() == 0
-    assert server.generate_completion("a", max_tokens=5, answer_tokens=None).reasoning_tokens() == 0
+    assert (
+        generation.generate_completion("a", max_tokens=5, answer_tokens=None).reasoning_tokens()
+        == 0
+    )
 
 
 def test_prompt_text_is_qwen3s_template() -> None:
     # Recorded from vLLM 0.33.0 (`return_prompt_text: true`) with Qwen3's chat template.
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi x"}]
-    assert server.chat_prompt_text(messages, enable_thinking=True) == (
+    assert generation.chat_prompt_text(messages, enable_thinking=True) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi x<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    assert server.chat_prompt_text(messages[1:], enable_thinking=False) == (
+    assert generation.chat_prompt_text(messages[1:], enable_thinking=False) == (
         "<|im_start|>user\nHi x<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     )
 
 
 def test_huge_thinking_is_built_lazily() -> None:
-    g = server.generate_chat(
+    g = generation.generate_chat(
         "x", max_tokens=3, thinking=True, reasoning_parser=True, thinking_tokens=10**9
     )
     assert (g.completion_tokens, g.finish_reason, g.text("content")) == (3, "length", None)
 
 
 def test_completion_generation() -> None:
-    g = server.generate_completion("one two", max_tokens=3, answer_tokens=None)
+    g = generation.generate_completion("one two", max_tokens=3, answer_tokens=None)
     assert (g.text("content"), g.finish_reason) == (" Stand-in reply to:", "length")
-    assert server.answer_words("a b", answer_tokens=7) == ["Stand-in", "reply", "to:", "a", "b",
+    assert generation.answer_words("a b", answer_tokens=7) == ["Stand-in", "reply", "to:", "a", "b",
                                                            "Stand-in", "reply"]  # fmt: skip
 
 
 def test_faults_parse() -> None:
-    assert server.parse_faults("slow:2, no_auth,wrong_model:x") == {
+    assert settings.parse_faults("slow:2, no_auth,wrong_model:x") == {
         "slow": "2", "no_auth": "", "wrong_model": "x",
     }  # fmt: skip
     with pytest.raises(ValueError, match="unknown STANDIN_FAULT 'explode'"):
-        server.parse_faults("explode")
+        settings.parse_faults("explode")
 
 
 # -- request validation ----------------------------------------------------------------------
@@ -498,7 +519,7 @@ def test_faults_parse() -> None:
     ],
 )
 def test_validation_errors_show_inputs_as_vllm_does(value: Any, shown: str) -> None:
-    error = server.field_error("messages", "list_type", "Input should be a valid list", value)
+    error = protocol.field_error("messages", "list_type", "Input should be a valid list", value)
     assert (error.status, error.body["error"]["param"]) == (400, "body.messages")
     assert error.body["error"]["message"] == (
         "1 validation error:\n  {'type': 'list_type', 'loc': 'body.messages', "
@@ -507,7 +528,7 @@ def test_validation_errors_show_inputs_as_vllm_does(value: Any, shown: str) -> N
 
 
 def test_validation_messages_hide_paths() -> None:
-    error = server.field_error("prompt", "string_type", "m", "/home/me/secret.txt")
+    error = protocol.field_error("prompt", "string_type", "m", "/home/me/secret.txt")
     assert "'input': '<path>'" in str(error.body["error"]["message"])
 
 
@@ -515,7 +536,7 @@ def test_validation_messages_hide_paths() -> None:
     ("value", "parsed"), [(5, 5), (True, 1), (5.0, 5), ("5", 5), (" +5 ", 5), ("5.0", 5)]
 )
 def test_int_fields_coerce_like_pydantic(value: Any, parsed: int) -> None:
-    assert server._int_field({"n": value}, "n") == parsed
+    assert protocol._int_field({"n": value}, "n") == parsed
 
 
 @pytest.mark.parametrize(
@@ -523,28 +544,28 @@ def test_int_fields_coerce_like_pydantic(value: Any, parsed: int) -> None:
     [(5.5, "int_from_float"), ("x", "int_parsing"), ("1e2", "int_parsing"), ([1], "int_type")],
 )
 def test_int_fields_reject_like_pydantic(value: Any, kind: str) -> None:
-    with pytest.raises(server.RequestError) as caught:
-        server._int_field({"n": value}, "n")
+    with pytest.raises(protocol.RequestError) as caught:
+        protocol._int_field({"n": value}, "n")
     assert f"'type': '{kind}', 'loc': 'body.n'" in str(caught.value.body["error"]["message"])
 
 
 def test_float_fields_coerce_like_pydantic() -> None:
-    assert [server._float_field({"t": v}, "t") for v in (1, True, "0.5", " 1e-1 ")] == [
+    assert [protocol._float_field({"t": v}, "t") for v in (1, True, "0.5", " 1e-1 ")] == [
         1.0, 1.0, 0.5, 0.1,
     ]  # fmt: skip
     for value, kind in (("x", "float_parsing"), ({}, "float_type")):
-        with pytest.raises(server.RequestError) as caught:
-            server._float_field({"t": value}, "t")
+        with pytest.raises(protocol.RequestError) as caught:
+            protocol._float_field({"t": value}, "t")
         assert f"'type': '{kind}'" in str(caught.value.body["error"]["message"])
 
 
 def test_usage_options() -> None:
-    assert server.include_usage(None, force=False) == (False, False)
-    assert server.include_usage({"include_usage": True}, force=False) == (True, False)
-    assert server.include_usage({"continuous_usage_stats": True}, force=False) == (False, False)
+    assert protocol.include_usage(None, force=False) == (False, False)
+    assert protocol.include_usage({"include_usage": True}, force=False) == (True, False)
+    assert protocol.include_usage({"continuous_usage_stats": True}, force=False) == (False, False)
     both = {"include_usage": True, "continuous_usage_stats": True}
-    assert server.include_usage(both, force=False) == (True, True)
-    assert server.include_usage(None, force=True) == (True, True)  # --enable-force-include-usage
+    assert protocol.include_usage(both, force=False) == (True, True)
+    assert protocol.include_usage(None, force=True) == (True, True)  # --enable-force-include-usage
 
 
 # -- response fields ---------------------------------------------------------------------------

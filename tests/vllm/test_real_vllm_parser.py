@@ -101,17 +101,17 @@ class _Exit(Exception):
 @pytest.fixture
 def standin_outcome(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[list[str]], str]]:
     """The stand-in's verdict on `vllm serve ARGV`: parse, then everything before it listens."""
-    from deployer.standin import server
+    from deployer.standin import cli_args, process, startup
 
     def end(code: int) -> Any:
         raise _Exit(code)
 
-    monkeypatch.setattr(server, "release_and_exit", end)
+    monkeypatch.setattr(process, "release_and_exit", end)
 
     def outcome(argv: list[str]) -> str:
         try:
-            server.parse_serve_args(argv)
-            server.startup(argv, {"STANDIN_LOAD_SECONDS": "0"})
+            cli_args.parse_serve_args(argv)
+            startup.startup(argv, {"STANDIN_LOAD_SECONDS": "0"})
         except SystemExit as exc:
             return f"exit {exc.code}"
         except _Exit as exc:
@@ -290,7 +290,7 @@ def test_standin_and_real_vllm_agree_on_acceptance(
 def test_standin_parses_rendered_args_like_vllm(
     real_vllm: RealVllm, standin_outcome: Callable[[list[str]], str], name: str
 ) -> None:
-    from deployer.standin.server import parse_serve_args
+    from deployer.standin.cli_args import parse_serve_args
 
     argv = list(vllm_args(SERVICES[name]))
     real = vars(real_vllm.parse(argv))
