@@ -1,7 +1,9 @@
-"""The deployment directory: compose.yaml, .env (API keys, mode 0600), plan.json and a lock.
+"""The deployment directory: compose.yaml, .env (API keys), plan.json, state.json and a lock.
 
-Files are written atomically (temp file + fsync + rename) so a crash never leaves a truncated
-compose or .env file, and a lock serialises commands that change one deployment.
+Private to its user: the directory is 0700 and its files 0600 whatever the umask, and a
+directory or file that another user owns or may write is refused (they could swap the keys).
+The rendered files are replaced together or not at all, each one atomically, so a crash or a
+full disk never leaves a truncated file or a new compose.yaml beside an old plan.json.
 """
 
 from __future__ import annotations
@@ -21,15 +23,30 @@ from typing import Any
 from deployer.errors import LockBusy, ProfileError, StateError
 from deployer.plan import DeploymentPlan
 from deployer.plan import plan_from_dict as plan_from_dict  # re-exported for its importers
+from deployer.planfile import check_plan_types
 from deployer.profiles import API_KEY_PATTERN, Profile
+from deployer.safeload import load_json
 from deployer.spec import DEPLOYMENT_NAME
+from deployer.statefs import (
+    FILE_MODE,
+    check_dir,
+    make_private_dirs,
+    open_private,
+    os_errors,
+    read_private,
+    remove_leftovers,
+    replace_together,
+    sync_dir,
+)
 
-COMPOSE_FILE = "compose.yaml"
+COMPOSE_FILE = "compose.yaml"  # found without -f by compose v2 and Debian's docker-compose 1.29
 ENV_FILE = ".env"
 PLAN_FILE = "plan.json"
 LOCK_FILE = ".lock"
 STATE_FILE = "state.json"  # last verification results, written by `verify`
 API_KEY_VAR_PREFIX = "QWEN_DEPLOY_API_KEY_"  # ServicePlan.api_key_env
+PROJECT_VAR = "COMPOSE_PROJECT_NAME"  # both compose versions read it from .env
+MAX_DEPLOYMENT_NAME = 41
 
 
 def default_home() -> Path:
@@ -42,6 +59,12 @@ class DeploymentDir:
 
     @classmethod
     def named(cls, home: Path, name: str) -> DeploymentDir:
+        if len(name) > MAX_DEPLOYMENT_NAME:
+            raise StateError(
+                f"bad deployment name {name[:20]!r}…: {len(name)} characters, at most "
+                f"{MAX_DEPLOYMENT_NAME}",
+                hint="container names are NAME-SERVICE-1: choose a shorter name",
+            )
         if not DEPLOYMENT_NAME.match(name):
             raise StateError(
                 f"bad deployment name {name!r}: use lower-case letters, digits, '-' and '_'"
@@ -58,44 +81,68 @@ class DeploymentDir:
     def exists(self) -> bool:
         return self.file(PLAN_FILE).is_file()
 
+    def _prepare(self) -> None:
+        """Create the directory (0700, parents too) or check the one that is there."""
+        with os_errors("create the deployment directory", self.path):
+            make_private_dirs(self.path)
+            check_dir(self.path)
+
+    def _read(self, name: str, what: str) -> str | None:
+        """A file of the directory (None when absent), after checking who may change them."""
+        with os_errors(f"read {what}", self.file(name)):
+            if not self.path.is_dir():
+                return None
+            check_dir(self.path)
+            return read_private(self.file(name), what)
+
     # --- writing ---------------------------------------------------------------------------
 
     def write_files(self, files: Mapping[str, str]) -> None:
-        """Write rendered files atomically; .env gets mode 0600 from the start. Temp files a
-        killed writer left behind are removed first (callers hold the lock: none is live)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            for stale in self.path.glob(f".{name}.*.tmp"):
-                stale.unlink(missing_ok=True)
-        for name, text in files.items():
-            write_atomic(self.file(name), text, 0o600 if name == ENV_FILE else 0o644)
+        """Replace the rendered files together (all 0600), or leave the old ones as they were.
+        Temp files a killed writer left behind are removed first (callers hold the lock)."""
+        self._prepare()
+        with os_errors("write the deployment's files", self.path):
+            remove_leftovers(self.path, list(files))
+            replace_together(self.path, files)
 
     def save_state(self, state: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.file(STATE_FILE), json.dumps(state, indent=2) + "\n", 0o644)
+        self._prepare()
+        with os_errors("save the deployment's state", self.file(STATE_FILE)):
+            replace_together(self.path, {STATE_FILE: json.dumps(state, indent=2) + "\n"})
 
     # --- reading ---------------------------------------------------------------------------
 
     def load_plan(self) -> DeploymentPlan:
         path = self.file(PLAN_FILE)
-        if not path.is_file():
+        text = self._read(PLAN_FILE, "the plan") if path.is_file() else None
+        if text is None:
             raise StateError(
                 f"no deployment {self.name!r} at {self.path}",
                 hint="run `qwen-deploy up` or `qwen-deploy render` first",
             )
+        hint = "render it again with `qwen-deploy render --profile …`"
         try:
-            return plan_from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StateError(
-                f"{path} is not a valid plan ({exc})",
-                hint="render it again with `qwen-deploy render --profile …`",
-            ) from None
+            data = load_json(text, "JSON", StateError)
+        except StateError as exc:
+            raise StateError(f"{path} is not a valid plan ({exc.message})", hint=hint) from None
+        try:
+            plan = plan_from_dict(data)
+            check_plan_types(plan)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise StateError(f"{path} is not a valid plan ({exc})", hint=hint) from None
+        return plan
 
-    def read_env(self) -> dict[str, str]:
+    def read_env(self, missing_ok: bool = False) -> dict[str, str]:
+        """The .env file's variables. A lost .env beside a plan whose services have keys is an
+        error (the running containers still hold the old keys), unless missing_ok."""
         path = self.file(ENV_FILE)
-        if not path.is_file():
+        text = self._read(ENV_FILE, "the .env file")
+        if text is None:
+            if not missing_ok:
+                self._check_env_not_lost()
             return {}
-        env = parse_env(path.read_text(), str(path))
+        env = parse_env(text, str(path))
+        env.pop(PROJECT_VAR, None)  # compose's, not a key
         for name, value in env.items():
             # A hand-edited key would break compose's .env parsing or the Authorization header.
             if name.startswith(API_KEY_VAR_PREFIX) and not API_KEY_PATTERN.match(value):
@@ -106,11 +153,29 @@ class DeploymentDir:
                 )
         return env
 
+    def _check_env_not_lost(self) -> None:
+        if not self.exists():
+            return
+        keyed = [s for s in self.load_plan().services if s.auth != "none"]
+        if not keyed:
+            return
+        first = keyed[0]
+        raise StateError(
+            f"{self.file(ENV_FILE)} is missing: plan.json says {', '.join(s.name for s in keyed)} "
+            "use API keys, and running containers still hold the old ones",
+            hint=f"restore each key from its container (`docker exec {self.name}-{first.name}-1 "
+            f"printenv VLLM_API_KEY` gives {first.api_key_env}=…) into .env; or, to issue new "
+            f"keys, delete {self.file(PLAN_FILE)} and run `qwen-deploy up` again",
+        )
+
     def load_state(self) -> dict[str, Any]:
-        path = self.file(STATE_FILE)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            text = self._read(STATE_FILE, "the state file")
+        except StateError:
+            return {}
+        try:
+            data = json.loads(text) if text else {}
+        except (ValueError, RecursionError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -119,8 +184,11 @@ class DeploymentDir:
     @contextlib.contextmanager
     def lock(self, wait_s: float = 0.0) -> Iterator[None]:
         """Exclusive lock for commands that change the deployment; waits up to wait_s."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.file(LOCK_FILE), "a+") as handle:
+        self._prepare()
+        path = self.file(LOCK_FILE)
+        with os_errors("open the deployment's lock", path):
+            fd = open_private(path, os.O_RDWR | os.O_CREAT, "the lock file")
+        with os.fdopen(fd, "r+") as handle:
             deadline = time.monotonic() + wait_s
             while True:
                 try:
@@ -129,12 +197,13 @@ class DeploymentDir:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         handle.seek(0)
-                        holder = handle.read().strip() or "another qwen-deploy command"
+                        holder = handle.read(200).strip() or "another qwen-deploy command"
                         raise LockBusy(
-                            f"deployment {self.name!r} is locked by {holder}",
+                            f"deployment {self.name!r} is locked by {holder!s:.80}",
                             hint="wait for it to finish, or pass --wait SECONDS",
                         ) from None
                     time.sleep(0.2)
+            # Ours, a regular file with one link (open_private checked): safe to rewrite.
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()}")
@@ -147,21 +216,17 @@ class DeploymentDir:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def write_atomic(path: Path, text: str, mode: int) -> None:
+def write_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:
+    """One file, atomically (temp file, fsync, rename), created with `mode` from the start."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        # Make the rename itself durable, not just the file's contents.
-        dir_fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -180,12 +245,21 @@ def parse_env(text: str, source: str) -> dict[str, str]:
                 f"{source}:{number}: expected NAME=value",
                 hint="fix that line, or delete the file and `qwen-deploy render` writes it again",
             )
+        if name.strip() in env:
+            raise StateError(
+                f"{source}:{number}: {name.strip()} is set twice",
+                hint="keep one of the lines (compose would take the first, qwen-deploy the last)",
+            )
         env[name.strip()] = value.strip()
     return env
 
 
-def render_env(values: Mapping[str, str]) -> str:
+def render_env(values: Mapping[str, str], project: str | None = None) -> str:
+    """The .env file: the project name compose uses (both versions read it here; v1 rejects a
+    `name:` key in the file) and the services' keys."""
     lines = ["# API keys for this deployment; compose reads it, keep it private (mode 0600)."]
+    if project is not None:
+        lines.append(f"{PROJECT_VAR}={project}")
     lines += [f"{name}={value}" for name, value in sorted(values.items())]
     return "\n".join(lines) + "\n"
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from deployer.catalog import Catalog, Checkpoint, _check_keys, _yaml_problem, parse_catalog
+from deployer.catalog import Catalog, Checkpoint, _check_keys, parse_catalog
 from deployer.errors import ProfileError
 from deployer.resources import profiles_dir
 from deployer.vllm_pin import KV_CACHE_DTYPES
@@ -19,7 +18,18 @@ PROFILES_DIR = profiles_dir()  # the shipped profiles, in a wheel or a checkout
 # Keys end up in an env file and an HTTP header: keep them to characters that need no quoting.
 API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{8,256}$")
 SERVICE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Aliases are typed after commands (`logs MEDIUM`): no spaces, and never read as an option.
+ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Names a client sends as `model` and the guide prints: printable, one line, bounded.
+SERVED_NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+# Environment variables that carry secrets: they would land in compose.yaml and plan.json.
+SECRET_ENV = frozenset({"VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_TOKEN"})
+# One value must stay well under Linux's 128 KiB per argument or variable (MAX_ARG_STRLEN),
+# and all of them under the 2 MiB the kernel takes for a whole command line and environment.
+MAX_ENV_VALUE = 16384
+MAX_ENV_VARS = 128
+MAX_TEXT = 4096  # name, description
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class ServiceSpec:
     extra_args: tuple[str, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()  # extra container env (VLLM_*, STANDIN_*)
     auth: str = "key"  # "none": served without an API key (needs --allow-unauthenticated)
+    max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,7 @@ _SERVICE_KEYS = {
     "context",
     "gpu_memory_utilization",
     "max_num_seqs",
+    "max_num_batched_tokens",
     "kv_cache_dtype",
     "api_key",
     "api_key_env",
@@ -140,9 +152,103 @@ def _int(value: Any, where: str, low: int, high: int) -> int:
 def _float(value: Any, where: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
         raise ProfileError(
-            f"{where}: expected a number above {low} and at most {high}, got {value!r}"
+            f"{where}: expected a number above {low} and at most {high}, got {value!r:.40}"
         )
     return float(value)
+
+
+def _number(value: Any, where: str, low: float, high: float) -> float:
+    """A number from low to high, both included."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ProfileError(
+            f"{where}: expected a number from {low:g} to {high:g}, got {value!r:.40}"
+        )
+    return float(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    """Only YAML's own true/false: a quoted "false" is a string, and strings are truthy."""
+    if not isinstance(value, bool):
+        raise ProfileError(f"{where}: expected true or false, got {value!r:.40}")
+    return value
+
+
+def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise ProfileError(f"{where}: expected a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise ProfileError(f"{where}: {len(value)} characters, at most {limit}")
+    return value
+
+
+def _reasoning_parser(value: Any, where: str) -> str | None:
+    if value is None or value == "none":
+        return None
+    from deployer.vllm_options import reasoning_parsers
+
+    if not isinstance(value, str) or value not in reasoning_parsers():
+        raise ProfileError(
+            f"{where}: {value!r:.60} is not a reasoning parser of vLLM 0.33",
+            hint="Qwen3 uses qwen3; `none` (or null) turns the parser off",
+        )
+    return value
+
+
+def _bind(value: Any, where: str) -> str:
+    """An IPv4 address a host can listen on (this host's own check comes with render/up)."""
+    problem = f"{where}: expected an IPv4 address such as 127.0.0.1 or 0.0.0.0, got {value!r:.40}"
+    if not isinstance(value, str):
+        raise ProfileError(problem)
+    try:
+        address = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ProfileError(problem) from None
+    if address.is_multicast or address.is_reserved or str(address) != value:
+        raise ProfileError(problem)
+    return value
+
+
+def _environment(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{where}: expected a mapping of variable names to values")
+    if len(raw) > MAX_ENV_VARS:
+        raise ProfileError(f"{where}: {len(raw)} variables, at most {MAX_ENV_VARS}")
+    pairs = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not ENV_NAME_PATTERN.match(name):
+            raise ProfileError(f"{where}: {name!r:.40} is not a variable name")
+        if name in SECRET_ENV:
+            raise ProfileError(
+                f"{where}.{name}: keys and tokens do not belong in a profile",
+                hint="use api_key_env, and HF_TOKEN from your environment or --hf-token-file",
+            )
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ProfileError(
+                f"{where}.{name}: expected a string, got {value!r:.40}",
+                hint='quote it ("true", "0.10") so that the container gets exactly that text',
+            )
+        text = str(value)
+        if len(text) > MAX_ENV_VALUE:
+            raise ProfileError(
+                f"{where}.{name}: {len(text)} characters, at most {MAX_ENV_VALUE}",
+                hint="pass large settings in a file in the model cache, not the environment",
+            )
+        pairs.append((name, text))
+    return tuple(sorted(pairs))
+
+
+def _aliases(raw: Any, name: str, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ProfileError(f"{where}: expected a list of names")
+    for alias in raw:
+        if not ALIAS_PATTERN.match(alias):
+            raise ProfileError(
+                f"{where}: {alias!r:.40} is not a usable name: letters, digits and ._- , "
+                "starting with a letter or digit (names are typed after commands like `logs`)"
+            )
+        if alias == name or raw.count(alias) > 1:
+            raise ProfileError(f"{where}: {alias!r} is listed twice (or is the service's name)")
+    return tuple(raw)
 
 
 def _parse_generation(raw: Any, where: str, base: GenerationDefaults) -> GenerationDefaults:
@@ -156,13 +262,11 @@ def _parse_generation(raw: Any, where: str, base: GenerationDefaults) -> Generat
         if key == "top_k":
             values[key] = _int(value, f"{where}.top_k", -1, 100000)
         elif key == "min_p":
-            if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ProfileError(f"{where}.min_p: expected a number from 0 to 1")
-            values[key] = float(value)
+            values[key] = _number(value, f"{where}.min_p", 0, 1)
+        elif key == "temperature":  # vLLM refuses a negative one (400 on every request)
+            values[key] = _number(value, f"{where}.temperature", 0, 2)
         else:
-            values[key] = _float(
-                value, f"{where}.{key}", -0.000001 if key == "temperature" else 0, 2
-            )
+            values[key] = _float(value, f"{where}.{key}", 0, 1)
     return GenerationDefaults(**values)  # type: ignore[arg-type]
 
 
@@ -178,6 +282,7 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     merged = {**defaults, **raw}
     if "model" not in merged:
         raise ProfileError(f"{where}: missing 'model' (a checkpoint id such as Qwen/Qwen3-8B-AWQ)")
+    model = _text(merged["model"], f"{where}.model", 256)
     if "port" not in merged:
         raise ProfileError(f"{where}: missing 'port'")
     port = _int(merged["port"], f"{where}.port", 1, 65535)
@@ -218,17 +323,28 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     gmu = None if gmu_raw == "auto" else _float(gmu_raw, f"{where}.gpu_memory_utilization", 0, 1)
     seqs_raw = merged.get("max_num_seqs")
     seqs = None if seqs_raw in (None, "auto") else _int(seqs_raw, f"{where}.max_num_seqs", 1, 65536)
-    kv_dtype = str(merged.get("kv_cache_dtype", "auto"))
+    batched_raw = merged.get("max_num_batched_tokens")
+    batched = (
+        None
+        if batched_raw in (None, "auto")
+        else _int(batched_raw, f"{where}.max_num_batched_tokens", 16, 1048576)
+    )
+    kv_dtype = merged.get("kv_cache_dtype", "auto")
     if kv_dtype not in KV_CACHE_DTYPES:
         raise ProfileError(
-            f"{where}.kv_cache_dtype: {kv_dtype!r} is not one of {list(KV_CACHE_DTYPES)}"
+            f"{where}.kv_cache_dtype: {kv_dtype!r:.40} is not one of {list(KV_CACHE_DTYPES)}"
         )
 
     api_key = raw.get("api_key")
     api_key_env = merged.get("api_key_env")
     if api_key is not None and api_key_env is not None:
         raise ProfileError(f"{where}: set api_key or api_key_env, not both")
-    if api_key is not None and (not isinstance(api_key, str) or not API_KEY_PATTERN.match(api_key)):
+    if api_key is not None and not isinstance(api_key, str):
+        raise ProfileError(
+            f"{where}.api_key: YAML read {api_key!r:.40} as a {type(api_key).__name__}, not a key",
+            hint=f'quote it: api_key: "{api_key!s:.40}"',
+        )
+    if api_key is not None and not API_KEY_PATTERN.match(api_key):
         raise ProfileError(
             f"{where}.api_key: keys are 8-256 characters of letters, digits and ._~+/=-",
             hint="other characters would break the .env file or the Authorization header",
@@ -243,29 +359,31 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     if auth == "none" and (api_key is not None or "api_key_env" in raw):
         raise ProfileError(f"{where}: auth: none serves without a key; remove api_key/api_key_env")
 
-    aliases_raw = raw.get("aliases", [])
-    if not isinstance(aliases_raw, list) or not all(isinstance(a, str) for a in aliases_raw):
-        raise ProfileError(f"{where}.aliases: expected a list of names")
+    aliases = _aliases(raw.get("aliases", []), name, f"{where}.aliases")
     extra = merged.get("extra_args", [])
     if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
         raise ProfileError(f"{where}.extra_args: expected a list of strings")
-    env_raw = merged.get("environment", {})
-    if not isinstance(env_raw, dict) or not all(
-        isinstance(k, str) and ENV_NAME_PATTERN.match(k) for k in env_raw
+    from deployer.vllm_options import check_extra_args
+
+    problem = check_extra_args(extra, f"{where}.extra_args")
+    if problem:
+        raise ProfileError(problem)
+    environment = _environment(merged.get("environment", {}), f"{where}.environment")
+    bind = _bind(merged.get("bind", "127.0.0.1"), f"{where}.bind")
+    served = raw.get("served_model_name")
+    if (
+        served is not None
+        and served != ""
+        and not (isinstance(served, str) and SERVED_NAME_PATTERN.match(served))
     ):
-        raise ProfileError(f"{where}.environment: expected a mapping of variable names to values")
-    if any(k in ("VLLM_API_KEY", "HF_TOKEN") for k in env_raw):
         raise ProfileError(
-            f"{where}.environment: keys and tokens do not belong in a profile",
-            hint="use api_key_env, and HF_TOKEN from your environment or --hf-token-file",
+            f"{where}.served_model_name: expected a name of 1-256 printable characters, got "
+            f"{served!r:.40}",
+            hint="quote it if YAML reads it as a number",
         )
-    bind = str(merged.get("bind", "127.0.0.1"))
-    if not re.match(r"^(\d{1,3}\.){3}\d{1,3}$", bind):
-        raise ProfileError(f"{where}.bind: expected an IPv4 address such as 127.0.0.1 or 0.0.0.0")
-    parser = merged.get("reasoning_parser", "qwen3")
     return ServiceSpec(
         name=name,
-        model=str(merged["model"]),
+        model=model,
         port=port,
         gpus=gpus,
         gpu_count=gpu_count,
@@ -273,10 +391,11 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
         context=context,
         gpu_memory_utilization=gmu,
         max_num_seqs=seqs,
+        max_num_batched_tokens=batched,
         kv_cache_dtype=kv_dtype,
         api_key=api_key,
         api_key_env=api_key_env,
-        served_model_name=raw.get("served_model_name"),
+        served_model_name=served,
         generation=_parse_generation(
             raw.get("generation"),
             f"{where}.generation",
@@ -284,16 +403,18 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
                 defaults.get("generation"), f"{source}: defaults.generation", GenerationDefaults()
             ),
         ),
-        aliases=tuple(aliases_raw),
+        aliases=aliases,
         bind=bind,
         startup_timeout_s=_int(
             merged.get("startup_timeout_s", 1200), f"{where}.startup_timeout_s", 5, 86400
         ),
         share=_float(merged.get("share", 1.0), f"{where}.share", 0, 100),
-        enforce_eager=bool(merged.get("enforce_eager", False)),
-        reasoning_parser=None if parser in (None, "none") else str(parser),
+        enforce_eager=_bool(merged.get("enforce_eager", False), f"{where}.enforce_eager"),
+        reasoning_parser=_reasoning_parser(
+            merged.get("reasoning_parser", "qwen3"), f"{where}.reasoning_parser"
+        ),
         extra_args=tuple(extra),
-        environment=tuple(sorted((k, str(v)) for k, v in env_raw.items())),
+        environment=environment,
         auth=auth,
     )
 
@@ -325,15 +446,21 @@ def parse_profile(data: Any, source: str, default_name: str = "profile") -> Prof
         ports[service.port] = service.name
         for alias in (service.name, *service.aliases):
             if alias in names and names[alias] != service.name:
+                other = names[alias]
+                if alias == service.name:  # an earlier service took this name as an alias
+                    raise ProfileError(
+                        f"{source}: services.{other}.aliases: {alias!r} is the name of "
+                        f"services.{service.name}"
+                    )
                 raise ProfileError(
                     f"{source}: services.{service.name}.aliases: {alias!r} also names "
-                    f"services.{names[alias]}"
+                    f"services.{other}"
                 )
             names[alias] = service.name
     models = parse_catalog(data["models"], f"{source}: models") if "models" in data else {}
     return Profile(
-        name=str(data.get("name", default_name)),
-        description=str(data.get("description", "")),
+        name=_text(data.get("name", default_name), f"{source}: name", 128),
+        description=_text(data.get("description", ""), f"{source}: description"),
         services=services,
         source=source,
         models=models,
@@ -341,14 +468,10 @@ def parse_profile(data: Any, source: str, default_name: str = "profile") -> Prof
 
 
 def load_profile_file(path: Path) -> Profile:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    """Size-bounded, UTF-8, no duplicate keys or alias bombs (deployer.safeload)."""
+    from deployer.safeload import load_yaml_file
+
+    data = load_yaml_file(path, "profile", ProfileError)
     return parse_profile(data, str(path), default_name=path.stem)
 
 
@@ -362,6 +485,11 @@ def profile_paths(profiles_dir: Path = PROFILES_DIR) -> dict[str, Path]:
 def load_profile(name_or_path: str, profiles_dir: Path = PROFILES_DIR) -> Profile:
     """A profile by name (from the profiles directory) or by file path."""
     candidate = Path(name_or_path)
+    if candidate.is_dir():
+        raise ProfileError(
+            f"cannot read profile {name_or_path}: it is a directory",
+            hint="name a profile file, a shipped profile or `auto`",
+        )
     if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
         return load_profile_file(candidate)
     paths = profile_paths(profiles_dir)

@@ -134,7 +134,7 @@ def render_files(
     # Written in this order: .env first so a new compose.yaml never lacks its keys, plan.json
     # last because its presence is what makes the deployment exist.
     return {
-        ENV_FILE: render_env(keys),
+        ENV_FILE: render_env(keys, project_name(plan)),
         COMPOSE_FILE: render_compose(plan, deployment_dir),
         PLAN_FILE: json.dumps(plan.to_dict(), indent=2) + "\n",
     }

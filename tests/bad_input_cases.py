@@ -394,7 +394,7 @@ CASES: tuple[Case, ...] = (
          ("restart", "mini"), ExitCode.STATE, "schema_version 99 is not 1",
          "`qwen-deploy up` writes it again", setup=plan_json(_future)),
     Case("env-file-hand-edited", ".env edited by hand into something compose cannot read",
-         RENDER, ExitCode.STATE, ".env:5: expected NAME=value",
+         RENDER, ExitCode.STATE, ".env:6: expected NAME=value",
          "fix the line, or delete .env and render again (new keys)",
          setup=hand_edit(".env", lambda text: text + "this line is not an assignment\n")),
     Case("env-key-hand-edited", "a key in .env edited into one with spaces or quotes", UP,

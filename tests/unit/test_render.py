@@ -13,6 +13,7 @@ import yaml
 
 from deployer.catalog import Catalog
 from deployer.deployment import DeploymentDir, parse_env, plan_from_dict
+from deployer.errors import StateError
 from deployer.planner import DeploymentPlan, PlanOptions, ServicePlan, plan
 from deployer.profiles import load_profile, parse_profile
 from deployer.render import render_compose, render_files
@@ -46,6 +47,14 @@ def _compose(result: DeploymentPlan) -> dict[str, Any]:
     data = yaml.safe_load(render_compose(result, "/srv/qwen-deploy/test"))
     assert isinstance(data, dict)
     return data
+
+
+def _project(result: DeploymentPlan) -> str:
+    """The compose project name: COMPOSE_PROJECT_NAME in .env (compose v1 refuses `name:`)."""
+    assert "name" not in _compose(result)
+    env = render_files(result, "/srv/qwen-deploy/test", _keys(result))[".env"]
+    (value,) = [line.split("=", 1)[1] for line in env.splitlines() if line.startswith("COMPOSE_")]
+    return value
 
 
 def _flags(command: list[str]) -> dict[str, str]:
@@ -105,7 +114,7 @@ def tri_tier(catalog: Catalog) -> DeploymentPlan:
 
 def test_tri_tier_services_carry_the_plans_numbers(tri_tier: DeploymentPlan) -> None:
     compose = _compose(tri_tier)
-    assert compose["name"] == "qwen3"
+    assert _project(tri_tier) == "qwen3"
     assert list(compose["services"]) == ["medium", "mini", "micro"]
     for planned in tri_tier.services:
         service = compose["services"][planned.name]
@@ -148,11 +157,13 @@ def test_api_keys_stay_in_env_and_compose_only_interpolates_them(tri_tier: Deplo
     assert env["VLLM_API_KEY"].startswith("${QWEN_DEPLOY_API_KEY_MEDIUM:?")
     assert env["VLLM_API_KEY"].endswith("}")
     assert parse_env(files[".env"], ".env") == {
+        "COMPOSE_PROJECT_NAME": "qwen3",
         "QWEN_DEPLOY_API_KEY_MEDIUM": "test-key-medium",
         "QWEN_DEPLOY_API_KEY_MINI": "test-key-mini",
         "QWEN_DEPLOY_API_KEY_MICRO": "test-key-micro",
     }
     assert files[".env"].splitlines()[1:] == [
+        "COMPOSE_PROJECT_NAME=qwen3",
         "QWEN_DEPLOY_API_KEY_MEDIUM=test-key-medium",
         "QWEN_DEPLOY_API_KEY_MICRO=test-key-micro",
         "QWEN_DEPLOY_API_KEY_MINI=test-key-mini",
@@ -272,7 +283,7 @@ def test_yarn_context_renders_hf_overrides_as_json(catalog: Catalog) -> None:
 def test_stand_in_engine_uses_its_image_and_declares_the_ledger(catalog: Catalog) -> None:
     result = _plan("3x-rtx4090", "tri-tier", catalog, engine="stand-in", deployment="demo")
     compose = _compose(result)
-    assert compose["name"] == "demo"
+    assert _project(result) == "demo"
     assert compose["volumes"][STANDIN_LEDGER_VOLUME] == {"name": STANDIN_LEDGER_VOLUME}
     for service in compose["services"].values():
         assert service["image"] == STANDIN_IMAGE
@@ -284,7 +295,8 @@ def test_stand_in_engine_uses_its_image_and_declares_the_ledger(catalog: Catalog
 def test_awkward_strings_reach_the_container_unchanged(catalog: Catalog) -> None:
     """Profile strings with `$`, quotes, YAML words and non-ASCII text survive YAML and compose
     interpolation (compose turns `$$` into `$`)."""
-    awkward = ["--chat-template", '$HOME/it\'s "quoted" {x: [1]}\n# not a comment', "--x", "ünï"]
+    awkward = ["--chat-template", '$HOME/it\'s "quoted" {x: [1]}\n# not a comment', "--tokenizer"]
+    awkward.append("ünï")
     profile = parse_profile(
         {
             "name": "odd",
@@ -369,14 +381,14 @@ def test_a_failed_write_leaves_complete_files(
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace_failing_second)
-    with pytest.raises(OSError):
+    with pytest.raises(StateError, match="No space left on device"):
         directory.write_files(new)
     monkeypatch.undo()
 
+    # The files are replaced together or not at all: the first one is back to its old version.
     names = list(new)
     on_disk = {name: directory.file(name).read_text() for name in names}
-    assert on_disk[names[0]] == new[names[0]]
-    assert {n: on_disk[n] for n in names[1:]} == {n: old[n] for n in names[1:]}
+    assert on_disk == {n: old[n] for n in names}
     assert sorted(p.name for p in directory.path.iterdir()) == sorted(names)  # no temp files
     assert stat.S_IMODE(os.stat(directory.file(".env")).st_mode) == 0o600
     assert directory.load_plan() == tri_tier
