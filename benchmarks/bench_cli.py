@@ -1,45 +1,84 @@
-"""How fast the CLI answers: `qwen-deploy --help` and `qwen-deploy status` against `docker ps`,
-each timed over the same number of runs in this one process, printed as ratios.
+"""How fast the CLI answers, as ratios against `docker ps` measured in the same run.
 
-Run: make bench (needs the Docker engine; `status` reads the engine for a deployment that may
-or may not exist — an empty deployment still lists the engine's containers)."""
+Each round runs every command once, in a rotated order, so that a slow moment of the machine
+falls on all of them alike; the ratio is the command's median over the baseline's median.
+
+    qwen-deploy --help                                  <= 3x docker ps
+    qwen-deploy plan -p tri-tier --gpus-file 3x-rtx4090 <= 5x
+    qwen-deploy status (a deployment with no containers) <= 10x
+
+Run: make bench (needs the Docker engine: `docker ps` and `status` talk to it). Exits 1 when a
+ratio is over its limit.
+"""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-RUNS = 7
+ROOT = Path(__file__).resolve().parent.parent
+GPUS_FILE = ROOT / "tests" / "fixtures" / "gpus" / "3x-rtx4090.json"
 
 
-def timed(cmd: list[str]) -> float:
-    samples = []
-    for _ in range(RUNS):
-        start = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def qwen_deploy() -> str:
+    beside = Path(sys.executable).with_name("qwen-deploy")
+    return str(beside) if beside.exists() else shutil.which("qwen-deploy") or "qwen-deploy"
+
+
+def once(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:  # a command that fails early would look fast
+        raise SystemExit(f"{' '.join(cmd)} exited {result.returncode}: {result.stderr.decode()}")
+    return elapsed
 
 
 def main() -> int:
-    cli = str(Path(sys.executable).with_name("qwen-deploy"))
-    if not Path(cli).exists():
-        cli = shutil.which("qwen-deploy") or "qwen-deploy"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15, help="runs of each command")
+    args = parser.parse_args()
     docker = shutil.which("docker")
     if docker is None:
         print("docker CLI not found", file=sys.stderr)
         return 1
-    baseline = timed([docker, "ps"])
-    help_time = timed([cli, "--help"])
-    status_time = timed([cli, "--deployment", "bench-cli", "status"])
-    print(f"docker ps           {baseline * 1000:8.1f} ms (baseline, median of {RUNS})")
-    for name, value in (("qwen-deploy --help", help_time), ("qwen-deploy status", status_time)):
-        print(f"{name:<19} {value * 1000:8.1f} ms  ratio {value / baseline:5.2f}x")
-    return 0
+    cli = qwen_deploy()
+    with tempfile.TemporaryDirectory() as home:
+        base = [cli, "--home", home, "--deployment", "bench-cli"]
+        commands: dict[str, tuple[list[str], float | None]] = {
+            "docker ps": ([docker, "ps"], None),
+            "qwen-deploy --help": ([cli, "--help"], 3.0),
+            "qwen-deploy plan -p tri-tier": (
+                [*base, "plan", "-p", "tri-tier", "--gpus-file", str(GPUS_FILE)],
+                5.0,
+            ),
+            "qwen-deploy status": ([*base, "status"], 10.0),
+        }
+        names = list(commands)
+        for name in names:  # warm the page cache and the .pyc files; not counted
+            once(commands[name][0])
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(args.rounds):
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name].append(once(commands[name][0]))
+    baseline = statistics.median(samples["docker ps"])
+    print(f"{'docker ps':<30} {baseline * 1000:7.1f} ms  (baseline, median of {args.rounds})")
+    missed = 0
+    for name in names[1:]:
+        value = statistics.median(samples[name])
+        limit = commands[name][1]
+        ratio = value / baseline
+        verdict = "ok" if limit is None or ratio <= limit else "OVER"
+        missed += verdict != "ok"
+        print(f"{name:<30} {value * 1000:7.1f} ms  {ratio:5.2f}x  (limit {limit:g}x) {verdict}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ beside the package instead.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
+
+# The package's own directory. A wheel is installed unpacked, so its resources are plain files
+# here (what importlib.resources.files("deployer") returns, without importing it at start-up).
+PACKAGE = Path(__file__).resolve().parent
 
 # The shipped directories that live at the top of the repository.
 SHIPPED = ("profiles", "compose_templates")
@@ -19,11 +22,10 @@ def shipped_dir(name: str) -> Path:
     """The shipped directory `name` (one of SHIPPED): the package's copy, else the checkout's."""
     if name not in SHIPPED:
         raise ValueError(f"{name!r} is not one of {', '.join(SHIPPED)}")
-    # A wheel is installed unpacked, so the package's resources are real files on disk.
-    packaged = Path(str(resources.files("deployer"))) / "data" / name
+    packaged = PACKAGE / "data" / name
     if packaged.is_dir():
         return packaged
-    checkout = Path(__file__).resolve().parent.parent / name
+    checkout = PACKAGE.parent / name
     return checkout if checkout.is_dir() else packaged
 
 
@@ -39,4 +41,9 @@ def templates_dir() -> Path:
 
 def standin_dir() -> Path:
     """The stand-in's Docker build context (its Dockerfile and the files it copies)."""
-    return Path(str(resources.files("deployer.standin")))
+    return PACKAGE / "standin"
+
+
+def default_home() -> Path:
+    """Where deployment directories live unless --home says otherwise (user state, not shipped)."""
+    return Path.home() / ".local" / "share" / "qwen-deploy"

@@ -6,6 +6,7 @@ import importlib
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +16,112 @@ from deployer import __version__
 from deployer.cli.common import AppContext
 from deployer.errors import DeployError, ExitCode
 
-# Command modules, imported lazily so `--help` stays fast: each exposes COMMANDS.
-COMMAND_MODULES = (
-    "deployer.cli.cmd_inventory",
-    "deployer.cli.cmd_plan",
-    "deployer.cli.cmd_runtime",
-    "deployer.cli.cmd_verify",
-    "deployer.cli.cmd_bench",
-)
+
+@dataclass(frozen=True)
+class LazyCommand:
+    """A command known by name before its module is imported."""
+
+    module: str  # the deployer.cli module whose COMMANDS list holds the command
+    summary: str  # its help's first sentence, for the group's --help
+
+
+# Every command, loaded only when it runs, so that `--help` imports no command module and a
+# command imports only its own (Docker, jinja2, matplotlib stay out of `plan`). A unit test
+# checks this table against the modules' COMMANDS: a new command adds its line here.
+LAZY_COMMANDS: dict[str, LazyCommand] = {
+    "bench": LazyCommand(
+        "cmd_bench", "Measure each tier under load: throughput, TTFT, ITL, latency per concurrency."
+    ),
+    "down": LazyCommand("cmd_runtime", "Stop and remove the deployment's containers and network."),
+    "endpoints": LazyCommand(
+        "cmd_verify",
+        "Print the usage guide of the deployment: URLs, models, keys, examples, advice.",
+    ),
+    "gateway": LazyCommand(
+        "cmd_gateway", "Run the deployment's gateway: one URL and key in front of every tier."
+    ),
+    "gpus": LazyCommand(
+        "cmd_inventory", "Show what NVML sees: name, memory, compute capability, processes."
+    ),
+    "logs": LazyCommand(
+        "cmd_runtime",
+        "Print the logs of one service (name or alias), or of all, each line prefixed with its "
+        "service.",
+    ),
+    "models": LazyCommand(
+        "cmd_inventory",
+        "List the model catalog: Qwen3 checkpoints, quantization, weight size, KV cost.",
+    ),
+    "plan": LazyCommand(
+        "cmd_plan", "Show placement, tensor parallel, memory fraction and context per service."
+    ),
+    "profiles": LazyCommand(
+        "cmd_inventory", "List the deployment profiles and how many GPUs each needs."
+    ),
+    "render": LazyCommand(
+        "cmd_plan", "Write the deployment directory (compose.yaml, .env, plan.json); start nothing."
+    ),
+    "restart": LazyCommand(
+        "cmd_runtime",
+        "Restart services (names or aliases; all when none is given) in start order, and wait "
+        "until each answers /v1/models again.",
+    ),
+    "status": LazyCommand(
+        "cmd_runtime",
+        "Show each service's container: state, health, uptime, restarts, last verification.",
+    ),
+    "tune": LazyCommand(
+        "cmd_bench",
+        "Suggest max_num_seqs, context and gpu_memory_utilization for SERVICE from a bench run.",
+    ),
+    "up": LazyCommand(
+        "cmd_runtime",
+        "Render the deployment and start it, touching only what changed; then verify it.",
+    ),
+    "verify": LazyCommand(
+        "cmd_verify",
+        "Check each service with real requests: health, models, auth, chat, streaming, thinking.",
+    ),
+}
+COMMAND_MODULES = tuple(sorted({f"deployer.cli.{c.module}" for c in LAZY_COMMANDS.values()}))
 
 
 class DeployGroup(click.Group):
-    """Turns every DeployError into one line on stderr and its exit code, in one place."""
+    """Loads commands lazily, and turns every DeployError into one line on stderr and its exit
+    code, in one place."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*LAZY_COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            lazy = LAZY_COMMANDS.get(cmd_name)
+            # A name not in the table: look in every module (a command not yet listed there).
+            for module in (f"deployer.cli.{lazy.module}",) if lazy else COMMAND_MODULES:
+                self._load(module)
+        return self.commands.get(cmd_name)
+
+    def _load(self, module_name: str) -> None:
+        for command in importlib.import_module(module_name).COMMANDS:
+            self.add_command(command)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the table, as click would print it, importing nothing."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in self.commands:
+                if self.commands[name].hidden:
+                    continue
+                summary = self.commands[name].get_short_help_str(limit)
+            else:
+                # click shortens the summary the same way as the real command's help.
+                stand_in = click.Command(name, help=LAZY_COMMANDS[name].summary)
+                summary = stand_in.get_short_help_str(limit)
+            rows.append((name, summary))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -111,24 +206,16 @@ def cli(ctx: click.Context, deployment: str, home: Path | None, debug: bool) -> 
 
     Example: qwen-deploy up --profile tri-tier
     """
-    from deployer.deployment import default_home
+    from deployer.resources import default_home
 
     ctx.obj = AppContext(home=home or default_home(), deployment=deployment, debug=debug)
 
 
-def _register() -> None:
+def load_all_commands() -> click.Group:
+    """The group with every command imported (for tests and documentation, never at start)."""
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
+        cli._load(module_name)
+    return cli
 
 
 def main() -> None:

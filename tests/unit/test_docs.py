@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from deployer.cli.main import cli
+from deployer.cli.main import cli, load_all_commands
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
@@ -23,7 +23,7 @@ def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Com
     return found
 
 
-COMMANDS = _commands(cli)
+COMMANDS = _commands(load_all_commands())
 
 
 def test_the_documented_commands_exist() -> None:

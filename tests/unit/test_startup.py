@@ -1,0 +1,96 @@
+"""The CLI starts fast: the group imports no command module, and a command imports only what it
+uses (the timings themselves are in benchmarks/bench_cli.py)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from click.testing import CliRunner
+
+from deployer.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+GPUS_FILE = ROOT / "tests" / "fixtures" / "gpus" / "3x-rtx4090.json"
+HEAVY = ("docker", "requests", "jinja2", "matplotlib", "fastapi", "uvicorn", "httpx")
+
+
+def imported_after(code: str) -> set[str]:
+    """The top-level module names imported by a fresh interpreter that runs `code`."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def run_cli(*args: str) -> str:
+    return (
+        "import sys\nfrom deployer.cli.main import cli\n"
+        f"try:\n    cli({list(args)!r}, prog_name='qwen-deploy')\n"
+        "except SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
+    )
+
+
+def test_importing_the_cli_imports_no_command_and_no_heavy_library() -> None:
+    modules = imported_after("import deployer.cli.main")
+    assert not {m for m in modules if m.split(".")[0] in HEAVY}
+    assert not {m for m in modules if m.startswith("deployer.cli.cmd_")}
+    assert "yaml" not in modules
+
+
+def test_help_imports_no_command_module() -> None:
+    modules = imported_after(run_cli("--help"))
+    assert not {m for m in modules if m.startswith("deployer.cli.cmd_")}
+    assert not {m for m in modules if m.split(".")[0] in HEAVY}
+
+
+def test_plan_and_the_inventory_commands_import_no_docker_jinja_or_matplotlib() -> None:
+    for args in (
+        ("plan", "-p", "tri-tier", "--gpus-file", str(GPUS_FILE)),
+        ("gpus", "--gpus-file", str(GPUS_FILE)),
+        ("profiles",),
+        ("models",),
+    ):
+        modules = imported_after(run_cli(*args))
+        assert not {m for m in modules if m.split(".")[0] in HEAVY}, args
+        assert "deployer.plan" in modules or args[0] != "plan"
+
+
+def test_the_lazy_table_lists_every_command_with_its_own_summary() -> None:
+    found: dict[str, click.Command] = {}
+    for module_name in main.COMMAND_MODULES:
+        for command in importlib.import_module(module_name).COMMANDS:
+            assert command.name in main.LAZY_COMMANDS, f"add {command.name} to LAZY_COMMANDS"
+            lazy = main.LAZY_COMMANDS[command.name]
+            assert f"deployer.cli.{lazy.module}" == module_name, command.name
+            assert lazy.summary == command.get_short_help_str(10**6), command.name
+            found[command.name] = command
+    assert set(found) == set(main.LAZY_COMMANDS)
+
+
+def test_the_group_help_is_what_click_prints_with_every_command_loaded() -> None:
+    plain = click.Group(name="qwen-deploy", params=main.cli.params, help=main.cli.help)
+    lazy = main.DeployGroup(name="qwen-deploy", params=main.cli.params, help=main.cli.help)
+    loaded = main.DeployGroup(name="qwen-deploy", params=main.cli.params, help=main.cli.help)
+    for module_name in main.COMMAND_MODULES:
+        loaded._load(module_name)
+        for command in importlib.import_module(module_name).COMMANDS:
+            plain.add_command(command)
+    for width in (60, 80, 120):
+        texts = []
+        for group in (lazy, loaded, plain):
+            with click.Context(group, info_name="qwen-deploy", terminal_width=width) as ctx:
+                texts.append(group.get_help(ctx))
+        assert texts[0] == texts[1] == texts[2], width
+        assert "  plan " in texts[0]
+
+
+def test_an_unknown_command_is_still_a_usage_error() -> None:
+    result = CliRunner().invoke(main.cli, ["plann"])
+    assert result.exit_code == 2
+    assert "No such command 'plann'" in result.output
