@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any
 
 from deployer.errors import ProfileError
-from deployer.planner import DeploymentPlan, ServicePlan
+from deployer.plan import DeploymentPlan, ServicePlan
 from deployer.profiles import API_KEY_PATTERN
 from deployer.vllm_pin import CONTAINER_PORT
 
@@ -405,9 +405,7 @@ def tier_url(service: ServicePlan, upstream: str) -> str:
     """Where the gateway reaches a tier: the host port, or the service on the compose network."""
     if upstream == "network":
         return f"http://{service.name}:{CONTAINER_PORT}"
-    host = "127.0.0.1" if service.bind in ("0.0.0.0", "::", "") else service.bind
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{service.port}"
+    return service.base_url()
 
 
 def build_config(

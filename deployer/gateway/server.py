@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -17,20 +18,23 @@ from deployer.gateway.config import (
     plan_gateway,
     resolve_gateway_keys,
 )
-from deployer.planner import DeploymentPlan
+from deployer.plan import DeploymentPlan
 
 
 def ensure_gateway_keys(directory: DeploymentDir, spec: GatewaySpec) -> list[str]:
-    """Write missing gateway keys into the deployment's .env (0600, atomically); returns the
-    variables added. Existing lines, tier keys included, are kept as they are."""
+    """Append missing gateway keys to the deployment's .env (0600, atomically); returns the
+    variables added. The lines already there, tier keys included, stay as they are."""
     env = directory.read_env()
-    keys = resolve_gateway_keys(spec, env, {})
-    added = [var for var in keys if var not in env]
+    keys = resolve_gateway_keys(spec, env, os.environ)
+    added = {var: value for var, value in keys.items() if var not in env}
     if added:
-        from deployer.deployment import render_env
-
-        write_atomic(directory.file(ENV_FILE), render_env({**env, **keys}), 0o600)
-    return added
+        path = directory.file(ENV_FILE)
+        text = path.read_text() if path.is_file() else ""
+        if text and not text.endswith("\n"):
+            text += "\n"
+        text += "".join(f"{var}={value}\n" for var, value in added.items())
+        write_atomic(path, text, 0o600)
+    return list(added)
 
 
 def config_for_directory(
