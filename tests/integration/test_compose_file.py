@@ -1,8 +1,10 @@
 """The rendered compose file, read and run by a real compose tool, with no qwen-deploy involved.
 
-Uses `docker compose` (v2) when installed, else Debian's `docker-compose` (v1.29). v1 predates the
-compose spec's top-level `name:` key and rejects it, so for v1 the test removes that one line and
-passes the project name with `-p` instead; everything else is the file exactly as rendered.
+Uses `docker compose` (v2) when installed, else Debian's `docker-compose` (v1.29), and runs it
+the way the README tells people to: in the deployment directory, with no `-f` and no `-p`, on
+the files exactly as rendered. The project name comes from COMPOSE_PROJECT_NAME in `.env` (v1
+refuses a top-level `name:`). The stub that replaces vLLM is an override file compose finds on
+its own (`compose.override.yaml`), so the rendered file is never edited.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import yaml
 
 from deployer.catalog import load_catalog
 from deployer.deployment import DeploymentDir
+from deployer.errors import DeployError
 from deployer.planner import DeploymentPlan, PlanOptions, plan
 from deployer.profiles import parse_profile
 from deployer.render import render_files
 from deployer.spec import HF_CACHE_VOLUME, vllm_args
-from tests.conftest import inventory
+from tests.conftest import GPU_FILES, inventory
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +50,7 @@ def _compose_command() -> list[str] | None:
 
 
 COMPOSE = _compose_command()
-LEGACY = COMPOSE is not None and COMPOSE[0].endswith("docker-compose")
+OVERRIDE_FILE = "compose.override.yaml"  # both compose versions read it beside compose.yaml
 
 
 def _free_port() -> int:
@@ -74,29 +77,24 @@ def _write(result: DeploymentPlan, home: Path) -> DeploymentDir:
     directory = DeploymentDir(home / result.deployment)
     keys = {s.api_key_env: f"it-key-{s.name}-{uuid.uuid4().hex}" for s in result.services}
     directory.write_files(render_files(result, str(directory.path), keys))
-    if LEGACY:
-        text = directory.file("compose.yaml").read_text()
-        lines = [line for line in text.splitlines() if not line.startswith("name:")]
-        directory.file("compose.v1.yaml").write_text("\n".join(lines) + "\n")
     return directory
 
 
 def _run(
-    directory: DeploymentDir,
-    *args: str,
-    files: tuple[str, ...] = (),
-    env: dict[str, str] | None = None,
+    directory: DeploymentDir | Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """`compose ARGS` typed in the directory: no -f, no -p, no --project-directory."""
     # scripts/docker-up.sh installs Debian's docker-compose; its absence is a setup bug.
     assert COMPOSE is not None, "no compose tool: run scripts/docker-up.sh"
-    main = "compose.v1.yaml" if LEGACY else "compose.yaml"
-    command = [*COMPOSE, "--project-directory", str(directory.path), "-p", directory.name]
-    for name in (main, *files):
-        command += ["-f", str(directory.file(name))]
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("QWEN_DEPLOY_")}
-    environ.pop("HF_TOKEN", None)
+    where = directory.path if isinstance(directory, DeploymentDir) else directory
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("QWEN_DEPLOY_", "COMPOSE_")) and k != "HF_TOKEN"
+    }
     return subprocess.run(
-        [*command, *args],
+        [*COMPOSE, *args],
+        cwd=where,
         capture_output=True,
         text=True,
         env={**environ, **(env or {})},
@@ -120,6 +118,57 @@ def test_compose_reads_the_file_with_keys_from_env_and_token_from_the_shell(
         assert resolved["environment"]["HF_TOKEN"] == "hf_from_the_shell"
         assert resolved["command"] == list(vllm_args(service))
     assert config["services"]["second"]["depends_on"]["first"]["condition"] == "service_healthy"
+
+
+def _shipped_renders() -> list[tuple[str, str]]:
+    """(profile, inventory fixture) for every shipped profile: the first box it plans on."""
+    from deployer.profiles import load_all_profiles
+
+    boxes = sorted(p.stem for p in GPU_FILES.glob("*.json"))
+    pairs = []
+    for profile in load_all_profiles():
+        for box in boxes:
+            try:
+                plan(inventory(box), profile, load_catalog(), PlanOptions())
+            except DeployError:
+                continue
+            pairs.append((profile.name, box))
+            break
+        else:
+            pairs.append((profile.name, ""))
+    return pairs
+
+
+@pytest.mark.parametrize("profile, box", _shipped_renders(), ids=lambda v: v or "none")
+@pytest.mark.parametrize("engine", ["vllm", "stand-in"])
+def test_every_shipped_profile_renders_a_file_compose_reads_unedited(
+    tmp_path: Path, profile: str, box: str, engine: str
+) -> None:
+    """`qwen-deploy render`, then `docker-compose config` in that directory, nothing else."""
+    from click.testing import CliRunner
+
+    from deployer.cli.main import cli
+
+    assert box, f"profile {profile} plans on none of the fixture boxes"
+    name = f"it-{profile}-{engine}"
+    args = ["--home", str(tmp_path), "-d", name, "render", "-p", profile, "--engine", engine]
+    gpus = str(GPU_FILES / f"{box}.json")
+    # nvfp4-8b reads its key from $VLLM_API_KEY (api_key_env)
+    env = {"VLLM_API_KEY": "it-key-from-the-environment"}
+    result = CliRunner().invoke(cli, [*args, "--gpus-file", gpus], env=env)
+    assert result.exit_code == 0, result.output
+    directory = DeploymentDir(tmp_path / name)
+    assert "name" not in yaml.safe_load(directory.file("compose.yaml").read_text())
+    done = _run(directory, "config")
+    assert done.returncode == 0, done.stderr
+    config = yaml.safe_load(done.stdout)
+    planned = directory.load_plan()
+    assert sorted(config["services"]) == sorted(s.name for s in planned.services)
+    keys = directory.read_env()
+    for service in planned.services:
+        resolved = config["services"][service.name]
+        assert resolved["environment"]["VLLM_API_KEY"] == keys[service.api_key_env]
+        assert resolved["command"] == list(vllm_args(service))
 
 
 def test_compose_refuses_to_start_without_the_keys(tmp_path: Path) -> None:
@@ -169,10 +218,14 @@ def _get(url: str, key: str | None = None) -> tuple[int, dict[str, Any]]:
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[DeploymentPlan, DeploymentDir]]:
-    """`compose up -d` of the rendered file; only the image and entrypoint are swapped for the
-    stub (override file), and the shared HF cache volume for a throw-away one."""
+    """`compose up -d` of the rendered files, typed in the directory; only the image and
+    entrypoint are swapped for the stub (an override file compose finds on its own), and the
+    shared HF cache volume for a throw-away one. The directory is moved to another name first:
+    the project name must come from .env, not from the directory's name."""
     result = _plan(f"it-compose-{uuid.uuid4().hex[:8]}")
-    directory = _write(result, tmp_path)
+    written = _write(result, tmp_path / "rendered")
+    directory = DeploymentDir(tmp_path / "moved-elsewhere")
+    written.path.rename(directory.path)
     override: dict[str, Any] = {
         "services": {
             s.name: {
@@ -185,13 +238,13 @@ def running(tmp_path: Path) -> Iterator[tuple[DeploymentPlan, DeploymentDir]]:
         },
         "volumes": {HF_CACHE_VOLUME: {"name": f"{result.deployment}-hf-cache"}},
     }
-    directory.file("stub.yaml").write_text(yaml.safe_dump(override))
+    directory.file(OVERRIDE_FILE).write_text(yaml.safe_dump(override))
     try:
-        up = _run(directory, "up", "-d", files=("stub.yaml",), env={"HF_TOKEN": "hf_shell"})
+        up = _run(directory, "up", "-d", env={"HF_TOKEN": "hf_shell"})
         assert up.returncode == 0, up.stderr
         yield result, directory
     finally:
-        _run(directory, "down", "-v", "--timeout", "1", files=("stub.yaml",))
+        _run(directory, "down", "-v", "--timeout", "1")
 
 
 def test_compose_up_starts_what_the_plan_says(
@@ -211,6 +264,8 @@ def test_compose_up_starts_what_the_plan_says(
         assert status == 200
         assert seen["argv"] == list(vllm_args(service))
         assert seen["hf_token"] == "hf_shell"
+        labels = _inspect(container)["Config"]["Labels"]
+        assert labels["com.docker.compose.project"] == result.deployment  # from .env
         host = _inspect(container)["HostConfig"]
         assert host["IpcMode"] == "host"
         assert host["RestartPolicy"]["Name"] == "always"
