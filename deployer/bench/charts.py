@@ -17,7 +17,10 @@ def render_charts(run: BenchRun, folder: Path) -> list[str]:
 
     names = []
     for service in run.services:
-        mine = [p for p in run.points if p.service == service]
+        # Concurrency on the x axis: open-loop (request-rate) points have none of their own.
+        mine = [p for p in run.points if p.service == service and p.rate is None]
+        if not mine:
+            continue
         fig = Figure(figsize=(13, 3.8), dpi=100, layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, 3)

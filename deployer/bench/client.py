@@ -40,7 +40,10 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Load:
-    """One service's share of a point."""
+    """One service's share of a point. Closed loop by default: `concurrency` workers, each
+    sending its next request when the last ends. With `arrivals` (seconds after the start, one
+    per request) it is an open loop: request i is sent at arrivals[i], or later when all
+    `concurrency` workers are busy (vLLM's --max-concurrency does the same)."""
 
     endpoint: Endpoint
     concurrency: int
@@ -50,6 +53,13 @@ class Load:
     duration_s: float
     thinking: bool = False
     timeout_s: float = 300.0
+    arrivals: tuple[float, ...] = ()
+    prompts: tuple[str, ...] = ()  # a dataset's prompts, used in turn; none: synthetic ones
+
+    def prompt(self, index: int, salt: str) -> str:
+        if self.prompts:
+            return self.prompts[index % len(self.prompts)]
+        return synthetic_prompt(self.prompt_tokens, f"{salt}-{index}")
 
 
 def synthetic_prompt(tokens: int, nonce: str) -> str:

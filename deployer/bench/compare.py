@@ -58,6 +58,7 @@ class PointDelta:
     concurrency: int
     prompt_target: int
     deltas: tuple[MetricDelta, ...]
+    workload: str = ""  # Point.workload: dataset and arrival rate, "" for the default
 
     def metric(self, name: str) -> MetricDelta:
         return next(d for d in self.deltas if d.metric == name)
@@ -87,6 +88,7 @@ class Comparison:
                     "mode": p.mode,
                     "concurrency": p.concurrency,
                     "prompt_target": p.prompt_target,
+                    **({"workload": p.workload} if p.workload else {}),
                     "metrics": {
                         d.metric: {"a": d.a, "b": d.b, "change_pct": d.change_pct} for d in p.deltas
                     },
@@ -152,10 +154,15 @@ def compare_runs(a: BenchRun, b: BenchRun) -> Comparison:
     deltas = []
     for key in common:
         ma, mb = point_metrics(pa[key]), point_metrics(pb[key])
+        service, mode, concurrency, prompt, workload = key
         deltas.append(
             PointDelta(
-                *key,
+                service,
+                mode,
+                concurrency,
+                prompt,
                 deltas=tuple(MetricDelta(name, ma[name], mb[name], up) for name, _, up in COMPARED),
+                workload=workload,
             )
         )
     return Comparison(

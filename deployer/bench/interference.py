@@ -63,10 +63,14 @@ def ratio(new: float | None, old: float | None) -> float | None:
 def interference(
     points: Sequence[Point], shared: Mapping[str, tuple[str, ...]]
 ) -> list[Interference]:
-    solo = {(p.service, p.concurrency, p.prompt_target): p for p in points if p.mode == "solo"}
+    solo = {
+        (p.service, p.concurrency, p.prompt_target, p.workload): p
+        for p in points
+        if p.mode == "solo"
+    }
     rows = []
     for p in points:
-        alone = solo.get((p.service, p.concurrency, p.prompt_target))
+        alone = solo.get((p.service, p.concurrency, p.prompt_target, p.workload))
         if p.mode != "mixed" or alone is None:
             continue
         rows.append(

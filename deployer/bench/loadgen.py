@@ -1,7 +1,7 @@
-"""The bench's HTTP load: closed-loop workers (one thread and one `requests.Session` each) send
-streaming chat completions and time every token; a scraper reads the engine's /metrics
-meanwhile. Every point is bounded by a request count AND a wall time. Only the CLI builds
-sessions (through `session_factory`).
+"""The bench's HTTP load: workers (one thread and one `requests.Session` each) send streaming
+chat completions and time every token, back to back (closed loop) or at scheduled arrival
+times (open loop); a scraper reads the engine's /metrics meanwhile. Every point is bounded by
+a request count AND a wall time. Only the CLI builds sessions (through `session_factory`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from deployer.bench.client import (
     SessionFactory,
     scrape_metrics,
     stream_once,
-    synthetic_prompt,
 )
 from deployer.bench.samples import EngineSample, RequestSample
+from deployer.bench.sweep import workers_for
 
 SCRAPE_INTERVAL_S = 0.2
 STOP_GRACE_S = 2.0  # after Ctrl-C, how long workers get to notice before they are left behind
@@ -52,6 +52,7 @@ class _LoadState:
     load: Load
     deadline: float
     salt: str
+    started: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     issued: int = 0
     samples: list[RequestSample] = field(default_factory=list)
@@ -65,11 +66,17 @@ class _LoadState:
                 return None
             if self.issued >= self.load.max_requests:
                 return None
-            if now >= self.deadline:
+            due = self.due(self.issued)
+            if max(now, due) >= self.deadline:
                 self.stopped_by = "duration"
                 return None
             self.issued += 1
             return self.issued - 1
+
+    def due(self, index: int) -> float:
+        """When request `index` is to be sent (open loop), or at once (closed loop)."""
+        arrivals = self.load.arrivals
+        return self.started + arrivals[index] if index < len(arrivals) else 0.0
 
     def done(self) -> int:
         with self.lock:
@@ -88,11 +95,14 @@ def _worker(
             index = state.next_index(clock(), stop)
             if index is None:
                 return
-            prompt = synthetic_prompt(state.load.prompt_tokens, f"{state.salt}-{index}")
+            wait = state.due(index) - clock()
+            if wait > 0 and stop.wait(wait):
+                return
+            prompt = state.load.prompt(index, state.salt)
             result = stream_once(
                 session, state.load, prompt, index, started=started, stop=stop, clock=clock
             )
-            if result.prompt_tokens is None and result.ok:
+            if result.prompt_tokens is None and result.ok and not state.load.prompts:
                 result = replace(result, prompt_tokens=state.load.prompt_tokens)
             with state.lock:
                 state.samples.append(result)
@@ -112,7 +122,9 @@ def run_loads(
     started = clock()
     stop = threading.Event()
     scraped = threading.Event()
-    states = [_LoadState(load, started + load.duration_s, secrets.token_hex(3)) for load in loads]
+    states = [
+        _LoadState(load, started + load.duration_s, secrets.token_hex(3), started) for load in loads
+    ]
     threads: list[threading.Thread] = []
     engine: list[list[EngineSample]] = [[] for _ in loads]
     scrapers: list[tuple[threading.Thread, requests.Session]] = []
@@ -125,7 +137,8 @@ def run_loads(
         )
         scraper.start()
         scrapers.append((scraper, session))
-        for _ in range(state.load.concurrency):
+        # Never more threads than requests: `-c 1000 --requests-per-point 1` starts one.
+        for _ in range(workers_for(state.load.concurrency, state.load.max_requests)):
             thread = threading.Thread(
                 target=_worker, args=(state, session_factory, started, stop, clock), daemon=True
             )

@@ -10,7 +10,8 @@ from typing import Any
 
 from deployer.bench.interference import interference, where_it_hurts
 from deployer.bench.run import BenchRun
-from deployer.bench.samples import Point, PointRecord, iter_samples
+from deployer.bench.samples import Point, PointRecord, Slo, iter_samples
+from deployer.bench.slo import DEFAULT_TARGET, slo_limits
 
 SUMMARY_FIELDS = ("mean", "p50", "p95", "p99", "max")
 
@@ -21,8 +22,25 @@ def _n(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _triple(values: tuple[float | None, ...]) -> str:
-    return "/".join(_n(v) for v in values)
+def _triple(values: tuple[float | None, ...], digits: int = 0) -> str:
+    return "/".join(_n(v, digits) for v in values)
+
+
+def _load(p: Point) -> str:
+    """The CONC cell: the concurrency, or for an open loop its rate (and cap)."""
+    if p.rate is None:
+        return str(p.concurrency)
+    cap = f" max {p.concurrency}" if p.concurrency else ""
+    return f"{p.rate:g}/s{cap}"
+
+
+def slo_lines(run: BenchRun) -> list[str]:
+    """The SLO asked for and, per curve, the highest load that kept it (empty without one)."""
+    slo = Slo.from_dict(run.options.get("slo"))
+    if slo is None:
+        return []
+    target = float(run.options.get("goodput_target") or DEFAULT_TARGET)
+    return [f"SLO {slo}: {limit.text(target)}" for limit in slo_limits(run.points, target)]
 
 
 POINT_HEADERS = [
@@ -35,6 +53,7 @@ POINT_HEADERS = [
     "REQ/S",
     "DECODE/S",
     "TTFT P50/95/99 MS",
+    "TPOT P50/95/99 MS",
     "ITL P50/95/99 MS",
     "E2E P50/95/99 MS",
     "KV PEAK",
@@ -46,13 +65,14 @@ def point_row(p: Point) -> list[str]:
     return [
         p.service,
         p.mode,
-        str(p.concurrency),
+        _load(p),
         _n(p.prompt_tokens) if p.prompt_tokens is not None else str(p.prompt_target),
         f"{p.ok}/{p.requests}",
         _n(p.throughput_tps, 1),
         _n(p.request_rate, 2),
         _n(p.decode_tps.p50, 1),
         _triple((p.ttft_ms.p50, p.ttft_ms.p95, p.ttft_ms.p99)),
+        _triple((p.tpot_ms.p50, p.tpot_ms.p95, p.tpot_ms.p99), 1),
         _triple((p.itl_ms.p50, p.itl_ms.p95, p.itl_ms.p99)),
         _triple((p.e2e_ms.p50, p.e2e_ms.p95, p.e2e_ms.p99)),
         "-" if p.kv_usage_peak is None else f"{p.kv_usage_peak * 100:.1f}%",
@@ -97,13 +117,17 @@ def points_csv(points: Sequence[Point]) -> str:
         "running_peak",
         "waiting_peak",
     ]
-    summaries = ["ttft_ms", "itl_ms", "e2e_ms", "decode_tps"]
-    header = scalars + [f"{s}_{f}" for s in summaries for f in SUMMARY_FIELDS]
+    # Columns added since the first version go last, so older readers keep their positions.
+    summaries = ["ttft_ms", "itl_ms", "e2e_ms", "decode_tps", "tpot_ms"]
+    later = ["rate", "burstiness", "dataset", "slo_met", "goodput_rps"]
+    header = scalars + [f"{s}_{f}" for s in summaries for f in SUMMARY_FIELDS] + later
     rows = []
     for p in points:
         data = p.to_dict()
         rows.append(
-            [data[k] for k in scalars] + [data[s][f] for s in summaries for f in SUMMARY_FIELDS]
+            [data[k] for k in scalars]
+            + [data[s][f] for s in summaries for f in SUMMARY_FIELDS]
+            + [data[k] for k in later]
         )
     return _csv(header, rows)
 
@@ -125,6 +149,7 @@ def requests_csv(records: Sequence[PointRecord]) -> str:
         "decode_tps",
         "itl_mean_ms",
         "itl_max_ms",
+        "tpot_ms",
     ]
     rows = []
     for point, s in iter_samples(records):
@@ -146,6 +171,7 @@ def requests_csv(records: Sequence[PointRecord]) -> str:
                 None if s.decode_tps is None else round(s.decode_tps, 2),
                 round(sum(itl) / len(itl), 3) if itl else None,
                 max(itl) if itl else None,
+                None if s.tpot_ms is None else round(s.tpot_ms, 3),
             ]
         )
     return _csv(header, rows)
@@ -183,6 +209,18 @@ def to_markdown(run: BenchRun, charts: Sequence[str]) -> str:
         ),
         "",
     ]
+    if opts.get("request_rates"):
+        out += [
+            "Open loop: request rates {r} per second, burstiness {b} (1 = Poisson arrivals), "
+            "at most {c} requests in flight; the concurrency list is not used.".format(
+                r=", ".join(map(str, opts["request_rates"])),
+                b=opts.get("burstiness"),
+                c=opts.get("max_concurrency") or "any number of",
+            ),
+            "",
+        ]
+    if opts.get("dataset"):
+        out += [f"Prompts from the ShareGPT file `{opts['dataset'].get('path')}`.", ""]
     if run.interrupted:
         out += [
             f"**Interrupted** (Ctrl-C) during {run.interrupted}: the points before it are kept.",
@@ -198,6 +236,11 @@ def to_markdown(run: BenchRun, charts: Sequence[str]) -> str:
         "TOK/S is the output tokens per second of all requests of a point together; DECODE/S "
         "one request's speed after its first token (p50); TTFT, ITL (between tokens) and E2E in "
         "ms as p50/p95/p99; KV PEAK the highest KV-cache usage /metrics reported.",
+        "",
+        "The metrics are defined as `vllm bench serve` defines them: TTFT from sending to the "
+        "first token (answer or reasoning), TPOT = (E2E - TTFT) / (output tokens - 1), "
+        "excluding the first token, ITL each gap between tokens, E2E (vLLM's E2EL) to the "
+        "stream's end. `vllm/` holds each point in `vllm bench serve`'s result JSON.",
         "",
         f"## GPUs ({run.inventory.get('source', '?')})",
         "",
@@ -246,6 +289,7 @@ def to_markdown(run: BenchRun, charts: Sequence[str]) -> str:
         "req/s",
         "Decode tok/s",
         "TTFT ms p50/95/99",
+        "TPOT ms p50/95/99",
         "ITL ms p50/95/99",
         "E2E ms p50/95/99",
         "KV peak",
@@ -286,6 +330,9 @@ def to_markdown(run: BenchRun, charts: Sequence[str]) -> str:
             ],
         )
         out += [f"- {line}" for line in where_it_hurts(rows)] + [""]
+    goodput = slo_lines(run)
+    if goodput:
+        out += ["## Goodput", "", *[f"- {line}" for line in goodput], ""]
     if run.skipped or run.notes:
         out += ["## Notes", "", *[f"- {line}" for line in (*run.skipped, *run.notes)], ""]
     out += [

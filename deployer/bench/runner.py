@@ -3,6 +3,7 @@ aggregate them and save the run under the deployment."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -12,10 +13,13 @@ from typing import Any
 
 import requests
 
+from deployer.bench.arrivals import arrival_times
 from deployer.bench.client import Endpoint, Load, SessionFactory, stream_once, synthetic_prompt
+from deployer.bench.datasets import load_sharegpt
 from deployer.bench.loadgen import run_loads
 from deployer.bench.run import BenchRun
-from deployer.bench.samples import PointRecord, aggregate
+from deployer.bench.samples import PointRecord, Slo, aggregate
+from deployer.bench.slo import DEFAULT_TARGET
 from deployer.bench.storage import bench_root, new_run_id, write_run
 from deployer.bench.sweep import PlannedPoint, plan_sweep, requests_for
 from deployer.deployment import DeploymentDir
@@ -57,11 +61,15 @@ def run_sweep(
     duration_s: float,
     timeout_s: float = 300.0,
     thinking: bool = False,
+    burstiness: float = 1.0,
+    slo: Slo | None = None,
+    prompts: Mapping[str, tuple[str, ...]] | None = None,
     on_progress: Callable[[SweepProgress], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> SweepResult:
     """Check every endpoint answers, then run the planned points in order. Ctrl-C ends the
-    sweep: the points finished so far are returned, the interrupted one is dropped."""
+    sweep: the points finished so far are returned, the interrupted one is dropped. `prompts`
+    holds each service's dataset prompts (points planned with a dataset use them)."""
     with session_factory() as session:
         for name, endpoint in endpoints.items():
             error = preflight(session, endpoint, thinking)
@@ -72,16 +80,21 @@ def run_sweep(
                 )
     records: list[PointRecord] = []
     for number, step in enumerate(planned, 1):
+        count = requests_for(step.concurrency, requests_per_point, step.rate, duration_s)
+        # The same seeded arrivals for every service and point of a rate: comparable runs.
+        arrivals = () if step.rate is None else arrival_times(count, step.rate, burstiness)
         loads = [
             Load(
                 endpoints[name],
                 step.concurrency,
                 prompt,
                 max_tokens,
-                requests_for(step.concurrency, requests_per_point),
+                count,
                 duration_s,
                 thinking=thinking,
                 timeout_s=timeout_s,
+                arrivals=arrivals,
+                prompts=(prompts or {}).get(name, ()) if step.dataset else (),
             )
             for name, prompt in step.loads
         ]
@@ -117,6 +130,10 @@ def run_sweep(
                 result.duration_s,
                 result.engine,
                 result.stopped_by,
+                slo=slo,
+                rate=step.rate,
+                burstiness=burstiness,
+                dataset=step.dataset,
             )
             records.append(PointRecord(point, result.samples))
     return SweepResult(tuple(records), None)
@@ -139,9 +156,26 @@ class BenchRequest:
     mixed: bool = False
     thinking: bool = False
     host: str | None = None
+    request_rates: tuple[float, ...] = ()  # open loop at these rates instead of concurrency
+    burstiness: float = 1.0
+    max_concurrency: int | None = None  # open loop: the cap on requests in flight
+    slo: Slo | None = None
+    goodput_target: float = DEFAULT_TARGET
+    dataset_path: Path | None = None  # a ShareGPT file; None: synthetic prompts
 
     def options(self, services: Sequence[str]) -> dict[str, Any]:
-        """The options as run.json records them."""
+        """The options as run.json records them (the workload keys only when used)."""
+        extra: dict[str, Any] = {}
+        if self.request_rates:
+            extra |= {
+                "request_rates": [r if math.isfinite(r) else "inf" for r in self.request_rates],
+                "burstiness": self.burstiness,
+                "max_concurrency": self.max_concurrency,
+            }
+        if self.slo is not None:
+            extra |= {"slo": self.slo.to_dict(), "goodput_target": self.goodput_target}
+        if self.dataset_path is not None:
+            extra |= {"dataset": {"name": "sharegpt", "path": str(self.dataset_path)}}
         return {
             "services": list(services),
             "concurrency": list(self.concurrency),
@@ -153,6 +187,7 @@ class BenchRequest:
             "mixed": self.mixed,
             "thinking": self.thinking,
             "host": self.host,
+            **extra,
         }
 
 
@@ -202,8 +237,25 @@ def run_bench(
                 f"no API key for {service.name} in the deployment's .env ({service.api_key_env})",
                 hint="run `qwen-deploy render` or `qwen-deploy up` again",
             )
+    dataset = load_sharegpt(request.dataset_path) if request.dataset_path is not None else None
+    prompts: dict[str, tuple[str, ...]] = {}
+    if dataset is not None:
+        for service in chosen:
+            prompts[service.name] = dataset.fitting(service.max_model_len, request.max_tokens)
+            if not prompts[service.name]:
+                raise BenchError(
+                    f"--dataset: no prompt of {dataset.source} fits {service.name}'s context "
+                    f"({service.max_model_len} tokens with --max-tokens {request.max_tokens})"
+                )
     planned, skipped = plan_sweep(
-        chosen, request.concurrency, request.prompt_tokens, request.max_tokens, request.mixed
+        chosen,
+        request.concurrency,
+        request.prompt_tokens,
+        request.max_tokens,
+        request.mixed,
+        rates=request.request_rates,
+        max_concurrency=request.max_concurrency,
+        dataset=None if dataset is None else dataset.name,
     )
     if not planned:
         raise BenchError("nothing to measure: " + "; ".join(skipped))
@@ -220,6 +272,9 @@ def run_bench(
         duration_s=request.duration_per_point_s,
         timeout_s=request.timeout_s,
         thinking=request.thinking,
+        burstiness=request.burstiness,
+        slo=request.slo,
+        prompts=prompts,
         on_progress=on_progress,
     )
     if not result.records:
@@ -236,4 +291,5 @@ def run_bench(
         skipped=skipped,
         interrupted=result.interrupted,
     )
-    return BenchOutcome(run, write_run(directory, run, result.records), result.interrupted)
+    path = write_run(directory, run, result.records, vllm_json=True)
+    return BenchOutcome(run, path, result.interrupted)

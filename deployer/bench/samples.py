@@ -1,5 +1,16 @@
 """What the load generator measures, pure: one sample per request, one engine scrape, and the
 aggregate of a (service, mode, concurrency, prompt length) point with its percentiles.
+
+The metrics are `vllm bench serve`'s (vllm/benchmarks/serve.py, `calculate_metrics`):
+- TTFT: request sent -> first chunk that carries text (answer or reasoning);
+- TPOT: (E2EL - TTFT) / (output tokens - 1), excluding the first token; requests with one
+  token have none (vLLM counts them as 0 for goodput, and so do we);
+- ITL: each gap between consecutive text chunks (one token per chunk on vLLM and the stand-in);
+- E2EL: request sent -> the stream's end; output tokens from `usage.completion_tokens`.
+Ours differ in three ways: percentiles are p50/p95/p99 plus the max (vLLM: mean, median, std
+and the percentiles asked for); throughput is over the point's own window (first request sent
+to last one finished); and TTFT counts a reasoning chunk as the first token (GuideLLM's TTFOT /
+AIPerf's TTFO would wait for the answer).
 """
 
 from __future__ import annotations
@@ -65,6 +76,28 @@ class Summary:
 
 
 @dataclass(frozen=True)
+class Slo:
+    """Service-level objectives in ms (`--slo ttft=500ms,tpot=50ms,e2el=10s`); None: not set.
+    A request meets them when it succeeded and none is exceeded (DistServe's goodput)."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2el_ms: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> Slo | None:
+        if not raw:
+            return None
+        return cls(**{k: float(v) for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k.removesuffix('_ms')} <= {v:g} ms" for k, v in self.to_dict().items())
+
+
+@dataclass(frozen=True)
 class RequestSample:
     """One streamed request as the client saw it; times in ms from before the request."""
 
@@ -77,6 +110,25 @@ class RequestSample:
     prompt_tokens: int | None  # usage.prompt_tokens, else the synthetic prompt's count
     completion_tokens: int
     itl_ms: tuple[float, ...] = ()  # gaps between chunks that carried text
+
+    @property
+    def tpot_ms(self) -> float | None:
+        """Time per output token excluding the first, as `vllm bench serve` computes it."""
+        if not self.ok or self.ttft_ms is None or self.completion_tokens < 2:
+            return None
+        return (self.e2e_ms - self.ttft_ms) / (self.completion_tokens - 1)
+
+    def meets(self, slo: Slo) -> bool:
+        """Whether the request succeeded within every objective (vLLM's goodput rule: TPOT of a
+        one-token answer counts as 0)."""
+        if not self.ok:
+            return False
+        checks = (
+            (slo.ttft_ms, self.ttft_ms if self.ttft_ms is not None else math.inf),
+            (slo.tpot_ms, self.tpot_ms or 0.0),
+            (slo.e2el_ms, self.e2e_ms),
+        )
+        return all(limit is None or value <= limit for limit, value in checks)
 
     @property
     def decode_tps(self) -> float | None:
@@ -123,14 +175,33 @@ class Point:
     kv_usage_peak: float | None = None
     running_peak: float | None = None
     waiting_peak: float | None = None
+    tpot_ms: Summary = Summary()  # vLLM's TPOT, excluding the first token
+    rate: float | None = None  # arrivals per second (open loop); None: closed loop
+    burstiness: float | None = None  # of the arrivals: 1 Poisson, < 1 burstier
+    dataset: str | None = None  # where prompts came from when not synthetic ("sharegpt")
+    slo_met: float | None = None  # fraction of the requests sent that met the SLO
+    goodput_rps: float | None = None  # requests per second that met it (vLLM's goodput)
 
     @property
-    def key(self) -> tuple[str, str, int, int]:
-        return (self.service, self.mode, self.concurrency, self.prompt_target)
+    def workload(self) -> str:
+        """What besides concurrency and prompt length tells points apart ("" for the default
+        synthetic closed loop)."""
+        parts = [self.dataset or ""]
+        if self.rate is not None:
+            parts.append(f"rate={self.rate:g}/s")
+            if self.burstiness not in (None, 1.0):
+                parts.append(f"burstiness={self.burstiness:g}")
+        return " ".join(p for p in parts if p)
+
+    @property
+    def key(self) -> tuple[str, str, int, int, str]:
+        return (self.service, self.mode, self.concurrency, self.prompt_target, self.workload)
 
     @property
     def label(self) -> str:
-        return f"{self.service} {self.mode} c={self.concurrency} prompt={self.prompt_target}"
+        prompt = self.dataset or str(self.prompt_target)
+        rate = "" if self.rate is None else f" rate={self.rate:g}/s"
+        return f"{self.service} {self.mode} c={self.concurrency} prompt={prompt}{rate}"
 
     @property
     def tokens_per_request(self) -> float:
@@ -150,6 +221,7 @@ class Point:
         data["error_kinds"] = tuple((str(k), int(v)) for k, v in raw["error_kinds"].items())
         for name in ("ttft_ms", "itl_ms", "e2e_ms", "decode_tps"):
             data[name] = Summary.from_dict(raw[name])
+        data["tpot_ms"] = Summary.from_dict(raw.get("tpot_ms") or {})  # runs before it: none
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -164,13 +236,20 @@ def aggregate(
     duration_s: float,
     engine: Sequence[EngineSample] = (),
     stopped_by: str = "requests",
+    *,
+    slo: Slo | None = None,
+    rate: float | None = None,
+    burstiness: float | None = None,
+    dataset: str | None = None,
 ) -> Point:
-    """One point from its requests (errors are counted, not averaged in) and engine scrapes."""
+    """One point from its requests (errors are counted, not averaged in) and engine scrapes;
+    with an SLO, the share of requests that met it."""
     good = [s for s in samples if s.ok]
     kinds = Counter(s.error or "error" for s in samples if not s.ok)
     output = sum(s.completion_tokens for s in good)
     prompts = [s.prompt_tokens for s in good if s.prompt_tokens is not None]
     decode = [v for v in (s.decode_tps for s in good) if v is not None]
+    met = sum(1 for s in good if slo is not None and s.meets(slo))
 
     def peak(values: Iterable[float | None]) -> float | None:
         present = [v for v in values if v is not None]
@@ -200,6 +279,12 @@ def aggregate(
         kv_usage_peak=_round(peak(e.kv_usage for e in engine), 4),
         running_peak=peak(e.running for e in engine),
         waiting_peak=peak(e.waiting for e in engine),
+        tpot_ms=Summary.of([v for v in (s.tpot_ms for s in good) if v is not None]),
+        rate=rate,
+        burstiness=burstiness if rate is not None else None,
+        dataset=dataset,
+        slo_met=_round(met / len(samples), 4) if slo is not None and samples else None,
+        goodput_rps=round(met / duration_s, 3) if slo is not None and duration_s > 0 else None,
     )
 
 

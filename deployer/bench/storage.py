@@ -1,7 +1,8 @@
 """Bench runs on disk: `<deployment dir>/bench/<run-id>/` holds run.json (options, plan, GPU
-inventory, points), points.csv, requests.csv, report.md and one PNG chart per tier. A run is
-written into a hidden staging folder and renamed into place, so readers never see half a run;
-each text file goes through `deployment.write_atomic`.
+inventory, points), points.csv, requests.csv, report.md, one PNG chart per tier and vllm/, the
+points in `vllm bench serve`'s result JSON. A run is written into a hidden staging folder and
+renamed into place, so readers never see half a run; each text file goes through
+`deployment.write_atomic`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from deployer.bench.report import points_csv, requests_csv, to_markdown
 from deployer.bench.run import BenchRun
 from deployer.bench.samples import PointRecord
+from deployer.bench.vllm_format import results as vllm_results
 from deployer.deployment import DeploymentDir, write_atomic
 from deployer.errors import BenchError
 
@@ -27,6 +29,7 @@ RUN_FILE = "run.json"
 POINTS_CSV = "points.csv"
 REQUESTS_CSV = "requests.csv"
 REPORT_FILE = "report.md"
+VLLM_DIR = "vllm"  # one `vllm bench serve` result JSON per point
 RUN_ID = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
 
 
@@ -44,8 +47,15 @@ def new_run_id(now: datetime, root: Path) -> str:
     return run_id
 
 
-def write_run(directory: DeploymentDir, run: BenchRun, records: Sequence[PointRecord]) -> Path:
-    """Write the run's files into a staging folder, then rename it to bench/<run-id>."""
+def write_run(
+    directory: DeploymentDir,
+    run: BenchRun,
+    records: Sequence[PointRecord],
+    *,
+    vllm_json: bool = False,
+) -> Path:
+    """Write the run's files into a staging folder, then rename it to bench/<run-id>; with
+    `vllm_json`, also vllm/ (what `bench run` writes)."""
     root = bench_root(directory)
     root.mkdir(parents=True, exist_ok=True)
     final = root / run.run_id
@@ -72,6 +82,10 @@ def write_run(directory: DeploymentDir, run: BenchRun, records: Sequence[PointRe
         write_atomic(staging / POINTS_CSV, points_csv(run.points), 0o644)
         write_atomic(staging / REQUESTS_CSV, requests_csv(records), 0o644)
         write_atomic(staging / REPORT_FILE, to_markdown(run, charts), 0o644)
+        if vllm_json:
+            (staging / VLLM_DIR).mkdir()
+            for name, document in vllm_results(run, records).items():
+                write_atomic(staging / VLLM_DIR / name, json.dumps(document) + "\n", 0o644)
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

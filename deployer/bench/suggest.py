@@ -15,7 +15,7 @@ from deployer.bench.samples import Point
 from deployer.bench.textfmt import ms, num, pct
 from deployer.errors import BenchError
 from deployer.plan import DeploymentPlan, ServicePlan
-from deployer.planner import usable_room_bytes
+from deployer.planner import requested_bytes, usable_room_bytes
 from deployer.vllm_pin import KV_BLOCK_SIZE
 
 KNEE_FRACTION = 0.9  # the knee: the lowest concurrency within 90 % of the best throughput
@@ -50,7 +50,8 @@ def choose_curve(
     """The service's points at one prompt length, by concurrency: solo points when there are
     any; the prompt length asked for, else the one with the most concurrency levels (the
     longest on a tie)."""
-    mine = [p for p in points if p.service == service and p.ok > 0]
+    # Closed-loop points only: an open-loop (request-rate) point's concurrency is a cap.
+    mine = [p for p in points if p.service == service and p.ok > 0 and p.rate is None]
     mode = "solo" if any(p.mode == "solo" for p in mine) else "mixed"
     mine = [p for p in mine if p.mode == mode]
     if not mine:
@@ -210,9 +211,12 @@ def _gpu_room(plan: DeploymentPlan, service: ServicePlan) -> tuple[int, int]:
         if gpu is None:
             continue
         tenants = plan.services_on(index)
-        asked = sum(math.ceil(s.gpu_memory_utilization * gpu.total_bytes) for s in tenants)
+        asked = sum(requested_bytes(gpu, s.gpu_memory_utilization) for s in tenants)
         # The planner's own rule, so that the next `plan` accepts what tune suggests.
-        room = usable_room_bytes(gpu, max(1, len(tenants))) - asked
+        room = (
+            usable_room_bytes(gpu, tensor_parallel_sizes=[s.tensor_parallel_size for s in tenants])
+            - asked
+        )
         if best is None or room < best[0]:
             best = (room, index)
     return best or (0, service.gpus[0])
@@ -237,7 +241,8 @@ def _suggest_memory(
             f"{current}",
         )
     gpus = [g for g in plan.gpus if g.index in service.gpus]
-    total = min((g.total_bytes for g in gpus), default=0)
+    # vLLM multiplies the fraction by cudaMemGetInfo's total, which the plan records.
+    total = service.memory.cuda_total or min((g.total_bytes for g in gpus), default=0)
     if not total:
         return Suggestion(
             "gpu_memory_utilization", current, current, f"the plan lists no GPU; keep {current}"
@@ -258,7 +263,7 @@ def _suggest_memory(
     )
     batch = math.ceil(concurrency * per_request)
     need = max(context, batch, math.ceil(peak_tokens * KV_HEADROOM))
-    need = math.ceil(need / KV_BLOCK_SIZE) * KV_BLOCK_SIZE
+    need = math.ceil(need / KV_BLOCK_SIZE) * KV_BLOCK_SIZE + KV_BLOCK_SIZE  # + vLLM's null block
     fits = math.ceil((fixed + need * per_token) / total * 1000) / 1000
     sizing = (
         f"the KV cache must hold one full-context request ({context:,} tokens, or vLLM will "

@@ -66,7 +66,7 @@ def find_run(directory: DeploymentDir, service: str, ref: str | None) -> BenchRu
     if ref is not None:
         return load_run(directory, ref)
     for run in reversed(list_runs(directory)):
-        if any(p.service == service and p.ok for p in run.points):
+        if any(p.service == service and p.ok and p.rate is None for p in run.points):
             return run
     raise BenchError(
         f"no bench run has measured {service}",

@@ -11,12 +11,21 @@ from typing import TYPE_CHECKING
 import click
 
 from deployer import __version__
-from deployer.cli.common import AppContext, json_option, pass_app, print_json, table, use_color
+from deployer.cli.common import (
+    AppContext,
+    is_terminal,
+    json_option,
+    pass_app,
+    print_json,
+    table,
+    use_color,
+)
 
 if TYPE_CHECKING:
     from deployer.bench.compare import Comparison, MetricDelta
     from deployer.bench.run import BenchRun
     from deployer.bench.runner import SweepProgress
+    from deployer.bench.samples import Slo
     from deployer.bench.suggest import Suggestion
 
 DEFAULT_CONCURRENCY = "1,2,4,8,16,32"
@@ -50,11 +59,11 @@ def bench() -> None:
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    from deployer.bench.sweep import parse_int_list
+    from deployer.bench.sweep import parse_concurrency
     from deployer.errors import BenchError
 
     try:
-        return parse_int_list(value, f"--{param.name}")
+        return parse_concurrency(value, f"--{param.name}")
     except BenchError as exc:
         raise click.BadParameter(exc.message) from None
 
@@ -69,9 +78,33 @@ def _prompt_specs(ctx: click.Context, param: click.Parameter, value: str) -> tup
         raise click.BadParameter(exc.message) from None
 
 
+def _rates(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...]:
+    from deployer.bench.sweep import parse_rates
+    from deployer.errors import BenchError
+
+    if value is None:
+        return ()
+    try:
+        return parse_rates(value)
+    except BenchError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
+def _slo(ctx: click.Context, param: click.Parameter, value: str | None) -> Slo | None:
+    from deployer.bench.slo import parse_slo
+    from deployer.errors import BenchError
+
+    if value is None:
+        return None
+    try:
+        return parse_slo(value)
+    except BenchError as exc:
+        raise click.BadParameter(exc.message) from None
+
+
 def _progress_printer() -> tuple[Callable[[SweepProgress], None] | None, Callable[[], None]]:
     """A one-line progress display on stderr when it is a terminal; and a function to clear it."""
-    if not sys.stderr.isatty():
+    if not is_terminal(sys.stderr):
         return None, lambda: None
     width = [0]
 
@@ -93,7 +126,7 @@ def _progress_printer() -> tuple[Callable[[SweepProgress], None] | None, Callabl
 def render_run(run: BenchRun, path: Path) -> str:
     """The terminal summary of a run: one row per point, errors, mixed-load findings, where."""
     from deployer.bench.interference import interference, where_it_hurts
-    from deployer.bench.report import POINT_HEADERS, error_lines, point_row
+    from deployer.bench.report import POINT_HEADERS, error_lines, point_row, slo_lines
 
     lines = [table(POINT_HEADERS, [point_row(p) for p in run.points])]
     errors = error_lines(run.points)
@@ -102,6 +135,9 @@ def render_run(run: BenchRun, path: Path) -> str:
     hurts = where_it_hurts(interference(run.points, run.shared()))
     if hurts:
         lines += ["", "mixed load:", *[f"  {h}" for h in hurts]]
+    goodput = slo_lines(run)
+    if goodput:
+        lines += ["", "goodput:", *[f"  {g}" for g in goodput]]
     for note in (*run.skipped, *run.notes):
         lines.append(f"note: {note}")
     lines += ["", f"run {run.run_id} saved in {path} (report.md, run.json, CSV, charts)"]
@@ -155,6 +191,51 @@ def render_run(run: BenchRun, path: Path) -> str:
     show_default=True,
     help="Seconds one request may take before it counts as an error.",
 )
+@click.option(
+    "--request-rate",
+    "request_rates",
+    default=None,
+    callback=_rates,
+    metavar="RATES",
+    help="Open loop instead of concurrency: requests per second, comma-separated (inf: all "
+    "at once), one point each, as `vllm bench serve --request-rate`.",
+)
+@click.option(
+    "--burstiness",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="With --request-rate: 1 sends Poisson arrivals, below 1 burstier, above 1 steadier.",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(min=1, max=1024),
+    default=None,
+    help="With --request-rate: at most this many requests in flight [default: no cap].",
+)
+@click.option(
+    "--slo",
+    default=None,
+    callback=_slo,
+    metavar="OBJECTIVES",
+    help="Service-level objectives, e.g. ttft=500ms,tpot=50ms,e2el=10s: reports the share "
+    "of requests meeting them (goodput) and the highest load that keeps --goodput-target.",
+)
+@click.option(
+    "--goodput-target",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=0.9,
+    show_default=True,
+    help="With --slo: the share of requests that must meet it.",
+)
+@click.option(
+    "--dataset",
+    "dataset_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Prompts from a ShareGPT-format JSON file instead of synthetic ones (--prompt-tokens "
+    "is then not used).",
+)
 @click.option("--mixed", is_flag=True, help="Also load all the services at once, point by point.")
 @click.option("--thinking", is_flag=True, help="Leave Qwen3 thinking on (off by default).")
 @click.option(
@@ -176,6 +257,12 @@ def run_cmd(
     requests_per_point: int | None,
     duration_per_point: float,
     timeout_s: float,
+    request_rates: tuple[float, ...],
+    burstiness: float,
+    max_concurrency: int | None,
+    slo: Slo | None,
+    goodput_target: float,
+    dataset_path: Path | None,
     mixed: bool,
     thinking: bool,
     host: str | None,
@@ -205,6 +292,12 @@ def run_cmd(
         mixed=mixed,
         thinking=thinking,
         host=host,
+        request_rates=request_rates,
+        burstiness=burstiness,
+        max_concurrency=max_concurrency,
+        slo=slo,
+        goodput_target=goodput_target,
+        dataset_path=dataset_path,
     )
 
     def session_factory() -> requests.Session:
