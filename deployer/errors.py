@@ -86,3 +86,10 @@ class BenchError(DeployError):
     """Bench options or saved runs that cannot be used (exits like a state problem)."""
 
     exit_code = ExitCode.STATE
+
+
+class TargetUnsupported(DeployError):
+    """A deployment target (kubernetes, swarm) cannot express this plan; says why and what to
+    change. Exits like a plan that does not fit: nothing was written or started."""
+
+    exit_code = ExitCode.PLAN

@@ -18,6 +18,7 @@ from deployer.cli.common import (
     table,
     warn_unauthenticated,
 )
+from deployer.cli.targets import render_kubernetes_dir, render_target_options
 from deployer.gpus import GIB
 
 
@@ -89,6 +90,7 @@ def plan(
 @click.command()
 @plan_input_options
 @allow_unauthenticated_option
+@render_target_options
 @pass_app
 def render(
     app: AppContext,
@@ -98,11 +100,19 @@ def render(
     models_files: tuple[Path, ...],
     image: str | None,
     allow_unauthenticated: bool,
+    target: str,
+    output: Path | None,
+    model_cache: str,
+    storage_class: str | None,
+    pin_gpu_product: bool,
 ) -> None:
     """Write the deployment directory (compose.yaml, .env, plan.json); start nothing.
 
     The compose file works on its own: `docker compose up -d` in that directory on a GPU
     host. API keys go only to .env (mode 0600).
+
+    With --target kubernetes: manifests and a kustomization.yaml in kubernetes/ (or
+    --output DIR) for `kubectl apply -k`; keys only in its secrets.env (mode 0600).
 
     Example: qwen-deploy render --profile tri-tier --gpus-file box.json
     """
@@ -110,6 +120,12 @@ def render(
     from deployer.render import render_files
 
     planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
+    if target == "kubernetes":
+        render_kubernetes_dir(
+            app, planned, allow_unauthenticated, output, model_cache, storage_class,
+            pin_gpu_product,
+        )  # fmt: skip
+        return
     directory = app.deployment_dir
     with directory.lock():
         keys = resolve_api_keys(

@@ -1,0 +1,96 @@
+"""Options and output of `render --target kubernetes` (the shell over deployer.targets)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from deployer.cli.common import AppContext, PlannedProfile, warn_unauthenticated
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _model_cache(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value != "pvc" and not value.startswith("/"):
+        raise click.BadParameter(f"{value!r} is neither 'pvc' nor an absolute host path")
+    return value
+
+
+def render_target_options(func: F) -> F:
+    """--target, --output and the Kubernetes choices the plan does not make."""
+    options = [
+        click.option(
+            "--target",
+            type=click.Choice(["compose", "kubernetes"]),
+            default="compose",
+            show_default=True,
+            help="compose: compose.yaml for one box; kubernetes: manifests and a "
+            "kustomization.yaml for `kubectl apply -k`.",
+        ),
+        click.option(
+            "--output",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=None,
+            help="Directory for the kubernetes target [default: kubernetes/ in the deployment "
+            "directory].",
+        ),
+        click.option(
+            "--model-cache",
+            default="pvc",
+            callback=_model_cache,
+            show_default=True,
+            help="kubernetes: 'pvc' (one PersistentVolumeClaim per checkpoint, sized from its "
+            "weights) or an absolute host path mounted on every GPU node.",
+        ),
+        click.option(
+            "--storage-class",
+            default=None,
+            help="kubernetes: storageClassName of the model-cache claims.",
+        ),
+        click.option(
+            "--pin-gpu-product",
+            is_flag=True,
+            help="kubernetes: also require the planned GPU's product name "
+            "(nvidia.com/gpu.product), not just its memory and compute capability.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def render_kubernetes_dir(
+    app: AppContext,
+    planned: PlannedProfile,
+    allow_unauthenticated: bool,
+    output: Path | None,
+    model_cache: str,
+    storage_class: str | None,
+    pin_gpu_product: bool,
+) -> None:
+    """Keys into the deployment's .env (kept across runs), manifests into the output directory."""
+    from deployer.deployment import ENV_FILE, render_env, resolve_api_keys
+    from deployer.targets.kubernetes import KUBERNETES_DIR, KubernetesOptions, render_kubernetes
+    from deployer.targets.output import write_kubernetes
+
+    directory = app.deployment_dir
+    options = KubernetesOptions(
+        model_cache=model_cache, storage_class=storage_class, pin_gpu_product=pin_gpu_product
+    )
+    with directory.lock():
+        keys = resolve_api_keys(
+            planned.plan, planned.profile, directory.read_env(), os.environ, allow_unauthenticated
+        )
+        result = render_kubernetes(planned.plan, keys, options)  # refuses before any write
+        warn_unauthenticated(planned.plan)
+        directory.write_files({ENV_FILE: render_env(keys)})
+        target_dir = output or directory.path / KUBERNETES_DIR
+        write_kubernetes(result, target_dir)
+    click.echo(f"wrote {len(result.manifests)} manifests and kustomization.yaml to {target_dir}")
+    for requirement in result.requirements:
+        click.echo(f"the cluster needs: {requirement}")
+    click.echo(f"deploy it with: kubectl apply -k {target_dir}")
