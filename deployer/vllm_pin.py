@@ -17,9 +17,9 @@ VLLM_ENTRYPOINT = ("vllm", "serve")
 STANDIN_ENTRYPOINT = ("python3", "/opt/standin/server.py", "serve")
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
 
-# vllm/config/cache.py: gt=0, le=1. Since v0.21 CUDA-graph memory is profiled and counted
-# inside the fraction (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 by default).
-CUDA_GRAPHS_INSIDE_BUDGET = True
+# gpu_memory_utilization (vllm/config/cache.py: gt=0, le=1): since v0.21 CUDA-graph memory is
+# profiled and counted inside the fraction (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 by
+# default), so the planner's budget includes it.
 KV_BLOCK_SIZE = 16  # CacheConfig.DEFAULT_BLOCK_SIZE
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # the ones the planner may emit
 

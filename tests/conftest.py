@@ -1,20 +1,12 @@
-"""Shared fixtures: GPU inventories and profiles are files under tests/fixtures/."""
+"""Shared pytest fixtures. Plain helpers (fixture files, the reference deployment) are in
+tests/helpers, which test modules import; nothing imports from a conftest file."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from deployer.catalog import Catalog, load_catalog
-from deployer.gpus import GpuInventory, load_inventory_file
-
-FIXTURES = Path(__file__).parent / "fixtures"
-GPU_FILES = FIXTURES / "gpus"
-
-
-def inventory(name: str) -> GpuInventory:
-    return load_inventory_file(GPU_FILES / f"{name}.json")
+from tests.helpers import FIXTURES, GPU_FILES, inventory  # noqa: F401 - for imports not yet moved
 
 
 @pytest.fixture(scope="session")

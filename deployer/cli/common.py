@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -210,13 +210,32 @@ def warn_unauthenticated(plan: DeploymentPlan) -> None:
             )
 
 
-def print_json(kind: str, data: Any) -> None:
+def json_document(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The --json envelope: its own kind and schema version, then the payload's fields. A
+    payload's own `kind` or `schema_version` (a file format's, such as plan.json's) stays beside
+    them as `payload_kind` / `payload_schema_version` instead of replacing the envelope's."""
+    payload = dict(data)
+    document: dict[str, Any] = {"kind": kind, "schema_version": JSON_SCHEMA_VERSION}
+    for key in ("kind", "schema_version"):
+        if key in payload:
+            document[f"payload_{key}"] = payload.pop(key)
+    return {**document, **payload}
+
+
+def print_json(kind: str, data: Mapping[str, Any]) -> None:
     """Every --json document carries its kind and a schema version."""
-    click.echo(json.dumps({"kind": kind, "schema_version": JSON_SCHEMA_VERSION, **data}, indent=2))
+    click.echo(json.dumps(json_document(kind, data), indent=2))
 
 
-def use_color() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+def is_terminal(stream: IO[str] | None = None) -> bool:
+    """The one place that decides whether output (stdout unless told) goes to a terminal: live
+    progress, clearing the screen and colour depend on it."""
+    return (stream if stream is not None else sys.stdout).isatty()
+
+
+def use_color(stream: IO[str] | None = None) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything (no-color.org)."""
+    return is_terminal(stream) and not os.environ.get("NO_COLOR")
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

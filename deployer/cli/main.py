@@ -83,6 +83,8 @@ LAZY_COMMANDS: dict[str, LazyCommand] = {
         "Check each service with real requests: health, models, auth, chat, streaming, thinking.",
     ),
 }
+# The command modules, each exposing COMMANDS. A command of theirs missing from the table
+# still runs (they are all searched for it) but --help does not list it, and a unit test fails.
 COMMAND_MODULES = tuple(sorted({f"deployer.cli.{c.module}" for c in LAZY_COMMANDS.values()}))
 
 
@@ -96,7 +98,6 @@ class DeployGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands:
             lazy = LAZY_COMMANDS.get(cmd_name)
-            # A name not in the table: look in every module (a command not yet listed there).
             for module in (f"deployer.cli.{lazy.module}",) if lazy else COMMAND_MODULES:
                 self._load(module)
         return self.commands.get(cmd_name)

@@ -3,7 +3,6 @@ failure reports. Colour only for states and health, only on a terminal without N
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -12,7 +11,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from deployer.cli.common import table, use_color
+from deployer.cli.common import is_terminal, table, use_color
 
 if TYPE_CHECKING:
     from deployer.planner import DeploymentPlan
@@ -53,7 +52,7 @@ def paint(text: str, colour: bool, key: str | None = None) -> str:
 
 
 def stderr_colour() -> bool:
-    return sys.stderr.isatty() and "NO_COLOR" not in os.environ
+    return use_color(sys.stderr)
 
 
 def duration(seconds: float | None) -> str:
@@ -79,8 +78,8 @@ class ProgressPrinter:
         from deployer.runtime import ProgressBoard
 
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self.colour = self.live and "NO_COLOR" not in os.environ
+        self.live = is_terminal(self.stream)
+        self.colour = use_color(self.stream)
         self.order = list(services)
         self.width = max((len(s) for s in services), default=8)
         self.board = ProgressBoard()

@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from deployer.vllm_pin import STANDIN_IMAGE
-from tests.conftest import GPU_FILES
+from tests.helpers import GPU_FILES
 
 BOX_FILE = GPU_FILES / "3x-rtx4090.json"
 LOAD_SECONDS = "1"

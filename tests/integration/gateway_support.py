@@ -17,11 +17,9 @@ from typing import Any
 
 import requests
 
-from deployer.catalog import load_catalog
 from deployer.gateway.config import GatewaySpec, Limits, resolve_gateway_keys
-from deployer.planner import DeploymentPlan, plan
-from deployer.profiles import load_profile
-from tests.conftest import inventory
+from deployer.planner import DeploymentPlan
+from tests.helpers import tri_tier_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = {
@@ -175,10 +173,6 @@ class Deployment:
         self.gateway.stop()
         for tier in self.tiers.values():
             tier.stop()
-
-
-def tri_tier_plan() -> DeploymentPlan:
-    return plan(inventory("3x-rtx4090"), load_profile("tri-tier"), load_catalog())
 
 
 def start_deployment(

@@ -33,7 +33,7 @@ from deployer.planner import DeploymentPlan, PlanOptions, plan
 from deployer.profiles import parse_profile
 from deployer.render import render_files
 from deployer.spec import HF_CACHE_VOLUME, vllm_args
-from tests.conftest import GPU_FILES, inventory
+from tests.helpers import GPU_FILES, inventory
 
 pytestmark = pytest.mark.integration
 

@@ -17,12 +17,11 @@ from deployer.catalog import Catalog
 from deployer.cli.main import cli
 from deployer.deployment import ENV_FILE, PLAN_FILE, DeploymentDir, render_env
 from deployer.errors import ExitCode
-from deployer.planner import DeploymentPlan, ServicePlan, plan
-from deployer.profiles import load_profile
+from deployer.planner import DeploymentPlan, ServicePlan
 from deployer.spec import vllm_args
 from deployer.verify import CHECKS, ServiceVerification, verify_plan, verify_service
 from deployer.vllm_pin import VLLM_VERSION
-from tests.conftest import inventory
+from tests.helpers import tri_tier_plan
 from tests.integration.conftest import Standin, StartStandin
 
 pytestmark = pytest.mark.integration
@@ -32,7 +31,7 @@ KEY = "test-key-micro-0123"
 
 @pytest.fixture(scope="module")
 def tri_tier(catalog: Catalog) -> DeploymentPlan:
-    return plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog)
+    return tri_tier_plan(catalog)
 
 
 @pytest.fixture(scope="module")

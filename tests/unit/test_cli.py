@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from deployer.cli.main import cli
 from deployer.errors import ExitCode
-from tests.conftest import GPU_FILES
+from tests.helpers import GPU_FILES
 
 BOX = str(GPU_FILES / "3x-rtx4090.json")
 

@@ -10,7 +10,7 @@ import pytest
 from deployer.catalog import load_catalog, parse_catalog
 from deployer.errors import InventoryError, ProfileError
 from deployer.gpus import inventory_from_dict, load_inventory_file
-from tests.conftest import GPU_FILES
+from tests.helpers import GPU_FILES
 
 
 @pytest.mark.parametrize("path", sorted(GPU_FILES.glob("*.json")), ids=lambda p: p.stem)

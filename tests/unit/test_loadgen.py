@@ -13,9 +13,7 @@ from deployer.bench.client import (
 from deployer.bench.samples import EngineSample
 from deployer.bench.sweep import requests_for
 from deployer.catalog import Catalog
-from deployer.planner import plan
-from deployer.profiles import load_profile
-from tests.conftest import inventory
+from tests.helpers import tri_tier_plan
 
 
 def test_synthetic_prompts_have_the_stand_in_token_count_and_unique_starts() -> None:
@@ -26,7 +24,7 @@ def test_synthetic_prompts_have_the_stand_in_token_count_and_unique_starts() -> 
 
 
 def test_the_request_streams_with_usage_thinking_off_and_ignore_eos(catalog: Catalog) -> None:
-    mini = plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog).service("mini")
+    mini = tri_tier_plan(catalog).service("mini")
     load = Load(Endpoint(mini, "http://127.0.0.1:5001", "k" * 8), 4, 128, 64, 16, 30.0)
     body = chat_request(load, "hello")
     assert body["model"] == "Qwen/Qwen3-8B-AWQ" and body["max_tokens"] == 64

@@ -13,7 +13,7 @@ from deployer.errors import PlanError, ProfileError
 from deployer.plan import AuthMode, DeploymentPlan, Engine, ServicePlan, plan_from_dict
 from deployer.planner import PlanOptions, plan
 from deployer.profiles import load_all_profiles, load_profile
-from tests.conftest import GPU_FILES, inventory
+from tests.helpers import GPU_FILES, inventory
 
 BOXES = sorted(p.stem for p in GPU_FILES.glob("*.json"))
 PROFILES = sorted(p.name for p in load_all_profiles())

@@ -24,7 +24,7 @@ from deployer.spec import (
     STANDIN_LEDGER_VOLUME,
 )
 from deployer.vllm_pin import HF_CACHE_IN_CONTAINER, STANDIN_IMAGE, VLLM_IMAGE
-from tests.conftest import FIXTURES, inventory
+from tests.helpers import FIXTURES, inventory
 
 # compose v2 validates every file against this schema before anything else (compose-go,
 # schema/compose-spec.json, copied unchanged from commit e70e961c3a3acebf0800b882f1afb3dbf1fb74a2).

@@ -18,7 +18,7 @@ from deployer.cli.main import cli
 from deployer.errors import ExitCode, ProfileError
 from deployer.planner import PlanOptions, plan
 from deployer.profiles import parse_profile
-from tests.conftest import inventory
+from tests.helpers import inventory
 from tests.integration.conftest_runtime import tri_tier_profile, write_inventory
 
 PORTS = {"medium": 15002, "mini": 15001, "micro": 15000}

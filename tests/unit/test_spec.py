@@ -9,7 +9,7 @@ from deployer.planner import PlanOptions, plan
 from deployer.profiles import load_profile, parse_profile
 from deployer.spec import START_GATE, container_specs, vllm_args
 from deployer.vllm_pin import STANDIN_ENTRYPOINT, VLLM_ENTRYPOINT
-from tests.conftest import inventory
+from tests.helpers import inventory
 
 
 def _arg(args: tuple[str, ...], flag: str) -> str:

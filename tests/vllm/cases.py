@@ -8,7 +8,7 @@ from typing import Any
 from deployer.catalog import load_catalog
 from deployer.planner import ServicePlan, plan
 from deployer.profiles import load_profile, parse_profile
-from tests.conftest import inventory
+from tests.helpers import inventory
 
 PROFILE_BOXES = (
     ("tri-tier", "3x-rtx4090"),
