@@ -39,6 +39,14 @@ class ModelFamily:
     native_context: int
     yarn_context: int
     active_params_b: float | None = None
+    # Mixture of experts (config.json: moe_intermediate_size, num_experts, num_experts_per_tok).
+    moe_intermediate_size: int | None = None
+    experts: int | None = None
+    experts_per_token: int | None = None
+
+    @property
+    def is_moe(self) -> bool:
+        return self.moe_intermediate_size is not None
 
     def kv_bytes_per_token(self, tensor_parallel_size: int, dtype_bytes: int) -> int:
         """Per GPU: 2 (K,V) x layers x KV heads on this GPU x head_dim x dtype bytes."""
@@ -66,7 +74,8 @@ class Catalog:
         try:
             return self.checkpoints[model_id]
         except KeyError:
-            close = _closest(model_id, self.checkpoints)
+            same_case = [c for c in self.checkpoints if c.lower() == str(model_id).lower()]
+            close = same_case[0] if same_case else _closest(model_id, self.checkpoints)
             hint = f"did you mean {close}?" if close else "see `qwen-deploy models`"
             raise ProfileError(
                 f"{where}: unknown model {model_id!r} (not in the catalog)", hint=hint
@@ -97,6 +106,9 @@ _FAMILY_KEYS = {
     "max_position_embeddings",
     "native_context",
     "yarn_context",
+    "moe_intermediate_size",
+    "experts",
+    "experts_per_token",
     "checkpoints",
 }
 _CHECKPOINT_KEYS = {"id", "quantization", "weights_gb"}
@@ -132,9 +144,17 @@ def parse_catalog(data: Any, source: str) -> dict[str, Checkpoint]:
             family = ModelFamily(name=str(name), **fields)
         except TypeError as exc:
             raise ProfileError(f"{where}: {exc}") from None
-        for field_name in ("layers", "kv_heads", "head_dim", "attention_heads"):
+        _check_family_numbers(family, where)  # D18: every size a positive, bounded number
+        moe = ("moe_intermediate_size", "experts", "experts_per_token")
+        given = [f for f in moe if getattr(family, f) is not None]
+        if given and len(given) != len(moe):
+            raise ProfileError(
+                f"{where}: a mixture-of-experts family needs all of {', '.join(moe)}",
+                hint=f"missing {', '.join(f for f in moe if f not in given)}",
+            )
+        for field_name in given:
             value = getattr(family, field_name)
-            if not isinstance(value, int) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ProfileError(f"{where}.{field_name}: expected a positive integer")
         for position, ckpt in enumerate(raw.get("checkpoints") or []):
             cwhere = f"{where}.checkpoints[{position}]"
@@ -149,28 +169,60 @@ def parse_catalog(data: Any, source: str) -> dict[str, Checkpoint]:
                 raise ProfileError(
                     f"{cwhere}.quantization: {quant!r} is not one of {sorted(QUANTIZATIONS)}"
                 )
-            try:
-                weights_gb = float(ckpt["weights_gb"])
-            except (TypeError, ValueError):
-                raise ProfileError(f"{cwhere}.weights_gb: expected a number") from None
-            if weights_gb <= 0:
-                raise ProfileError(f"{cwhere}.weights_gb: must be positive")
+            weights_gb = ckpt["weights_gb"]
+            if isinstance(weights_gb, bool) or not isinstance(weights_gb, (int, float)):
+                raise ProfileError(f"{cwhere}.weights_gb: expected a number")
+            if not 0 < weights_gb <= 100000:  # also NaN and infinity
+                raise ProfileError(f"{cwhere}.weights_gb: must be positive (GB), got {weights_gb}")
+            if not isinstance(ckpt["id"], str) or not ckpt["id"].strip():
+                raise ProfileError(f"{cwhere}.id: expected a Hugging Face repo id")
             checkpoints[str(ckpt["id"])] = Checkpoint(
                 id=str(ckpt["id"]), family=family, quantization=quant, weights_gb=weights_gb
             )
     return checkpoints
 
 
+_FAMILY_INTS = (
+    "layers", "attention_heads", "kv_heads", "head_dim", "hidden_size", "intermediate_size",
+    "vocab_size", "max_position_embeddings", "native_context", "yarn_context",
+)  # fmt: skip
+
+
+def _check_family_numbers(family: ModelFamily, where: str) -> None:
+    import math
+
+    for name in _FAMILY_INTS:
+        value = getattr(family, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1 << 24:
+            raise ProfileError(
+                f"{where}.{name}: expected a positive integer (up to {1 << 24}), got {value!r:.40}"
+            )
+    for name in ("params_b", "active_params_b"):
+        value = getattr(family, name)
+        if value is None and name == "active_params_b":
+            continue
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or not math.isfinite(value) or not 0 < value <= 100000:
+            raise ProfileError(f"{where}.{name}: expected a count in billions, not {value!r:.30}")
+    if family.native_context > family.yarn_context:
+        raise ProfileError(
+            f"{where}: native_context {family.native_context} is above yarn_context "
+            f"{family.yarn_context}"
+        )
+    if family.attention_heads % family.kv_heads:
+        raise ProfileError(
+            f"{where}: attention_heads {family.attention_heads} is not a multiple of kv_heads "
+            f"{family.kv_heads}"
+        )
+
+
 def load_catalog(extra_files: Iterable[str | Path] = ()) -> Catalog:
     """The built-in catalog plus user files (later files win on the same checkpoint id)."""
     checkpoints: dict[str, Checkpoint] = {}
     for path in (BUILTIN_CATALOG, *map(Path, extra_files)):
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ProfileError(f"cannot read models file {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ProfileError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        from deployer.safeload import load_yaml_file  # bounded, UTF-8, no duplicate keys
+
+        data = load_yaml_file(path, "models file", ProfileError)
         checkpoints.update(parse_catalog(data, str(path)))
     return Catalog(checkpoints)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,9 @@ class Gpu:
     compute_capability: str  # "8.9"
     mig_enabled: bool = False
     processes: tuple[GpuProcess, ...] = ()
+    # NVML's reserved memory (nvmlDeviceGetMemoryInfo_v2): not in cudaMemGetInfo's total, which
+    # vLLM multiplies gpu_memory_utilization by. None: the planner uses its per-model default.
+    memory_reserved_mib: int | None = None
 
     @property
     def memory_free_mib(self) -> int:
@@ -116,6 +118,14 @@ def inventory_from_dict(data: Any, source: str = "<dict>") -> GpuInventory:
             raise InventoryError(
                 f"{where}: memory_used_mib {used} must be between 0 and memory_total_mib {total}"
             )
+        reserved = raw.get("memory_reserved_mib")
+        if reserved is not None and (
+            isinstance(reserved, bool) or not isinstance(reserved, int) or not 0 <= reserved < total
+        ):
+            raise InventoryError(
+                f"{where}: memory_reserved_mib {reserved!r} must be a whole number of MiB between "
+                f"0 and memory_total_mib {total} (or absent: a default for the GPU model is used)"
+            )
         seen.add(index)
         gpus.append(
             Gpu(
@@ -127,6 +137,7 @@ def inventory_from_dict(data: Any, source: str = "<dict>") -> GpuInventory:
                 compute_capability=capability,
                 mig_enabled=bool(raw.get("mig_enabled", False)),
                 processes=processes,
+                memory_reserved_mib=reserved,
             )
         )
     return GpuInventory(
@@ -139,16 +150,11 @@ def inventory_from_dict(data: Any, source: str = "<dict>") -> GpuInventory:
 
 def load_inventory_file(path: str | Path) -> GpuInventory:
     """Read a `--gpus-file`."""
+    from deployer.safeload import load_json, read_text  # bounded, UTF-8, finite numbers
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise InventoryError(f"cannot read GPU file {path}: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InventoryError(
-            f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); "
-            "write it with `qwen-deploy gpus --json`"
-        ) from None
+    text = read_text(path, "GPU file", InventoryError)
+    data = load_json(
+        text, str(path), InventoryError, hint="write it with `qwen-deploy gpus --json`"
+    )
     return inventory_from_dict(data, source=str(path))

@@ -43,8 +43,9 @@ class AuthMode(str, Enum):
 class MemoryBreakdown:
     """Bytes per GPU of one service, as vLLM will account for them.
 
-    `budget` is ceil(gpu_memory_utilization x total); the other terms are what vLLM takes out
-    of it, and `kv_cache` is what is left ("Available KV cache memory").
+    `budget` is ceil(gpu_memory_utilization x cuda_total), cudaMemGetInfo's total; the other
+    terms are what vLLM takes out of it, and `kv_cache` is what is left ("Available KV cache
+    memory").
     """
 
     budget: int
@@ -53,11 +54,13 @@ class MemoryBreakdown:
     non_torch: int
     cuda_graphs: int
     kv_cache: int
+    sampler_state: int = 0  # Model Runner V2's penalties buffer (0 in plans made before it)
+    cuda_total: int = 0  # the total vLLM multiplies the fraction by (0: plans before v2)
 
     @property
     def overheads(self) -> int:
         """Everything in the budget besides weights and KV cache."""
-        return self.activation_peak + self.non_torch + self.cuda_graphs
+        return self.activation_peak + self.non_torch + self.cuda_graphs + self.sampler_state
 
     def as_gib(self) -> dict[str, float]:
         return {k: round(v / GIB, 2) for k, v in asdict(self).items()}

@@ -1,20 +1,44 @@
 """The planner: (GPU inventory, profile, catalog, options) -> DeploymentPlan. Pure: no I/O.
 
-Memory is sized the way vLLM 0.33 accounts for it (vllm/v1/worker/utils.py::request_memory and
-gpu_worker.py::determine_available_memory): an instance asks for
-`ceil(total_memory * gpu_memory_utilization)` bytes per GPU, which must be *free* when it starts,
-and its KV cache is that budget minus weights, the activation peak of the profiling run,
-non-torch memory and CUDA-graph memory.
+Memory is sized the way vLLM 0.33 accounts for it (`deployer.memory_model`): an instance asks
+for `ceil(gpu_memory_utilization x cudaMemGetInfo total)` bytes per GPU, which must be free when
+it starts, and its KV cache is that budget minus weights, sampler state, the activation peak of
+the profiling run, non-torch memory and CUDA-graph memory. Outside the budget each process on a
+GPU keeps an allowance for its CUDA context, cuBLAS and NCCL.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from deployer.catalog import Catalog, Checkpoint
+from deployer.drafts import (
+    MIN_AUTO_CONTEXT,
+    Draft,
+    asked_by,
+    budget_of,
+    ceil3,
+    floor3,
+    gib,
+    make_draft,
+    min_ask,
+    room_for,
+)
 from deployer.errors import PlanError, ProfileError
-from deployer.gpus import GIB, MIB, Gpu, GpuInventory
+from deployer.gpus import MIB, Gpu, GpuInventory
+from deployer.memory_model import (
+    KV_HEADROOM_BYTES,
+    VLLM_0_33,
+    Accounting,
+    cuda_free_bytes,
+    cuda_total_bytes,
+    dtype_bytes,
+    process_allowance,
+    requested_bytes,
+    room_bytes,
+)
+from deployer.placement import check_gpu_support, place
 from deployer.plan import (  # re-exported: callers imported them from here before plan.py
     PLAN_SCHEMA_VERSION,
     AuthMode,
@@ -24,15 +48,8 @@ from deployer.plan import (  # re-exported: callers imported them from here befo
     ServicePlan,
 )
 from deployer.profiles import Profile, ServiceSpec, catalog_for
-from deployer.vllm_pin import (
-    KV_BLOCK_SIZE,
-    QUANTIZATIONS,
-    STANDIN_IMAGE,
-    VLLM_IMAGE,
-    VLLM_VERSION,
-    batch_defaults,
-    kernel_note,
-)
+from deployer.refusals import fix_text, fixes_for, no_fit_message, refusal_message
+from deployer.vllm_pin import STANDIN_IMAGE, VLLM_IMAGE, VLLM_VERSION
 
 __all__ = [
     "PLAN_SCHEMA_VERSION",
@@ -44,17 +61,14 @@ __all__ = [
     "PlanOptions",
     "ServicePlan",
     "choose_profile",
+    "gpu_spare_bytes",
     "plan",
+    "requested_bytes",
     "usable_room_bytes",
     "usable_room_mib",
 ]
 
-MIN_AUTO_CONTEXT = 4096  # "context: max" never plans less than this
-# Kept free on every GPU beyond what vLLM asks for: the CUDA context (created before vLLM's
-# free-memory check), allocator fragmentation and NVML/torch accounting differences.
-MARGIN_MIN_BYTES = 768 * MIB
-MARGIN_FRACTION = 0.03
-MAX_UTILIZATION = 0.95
+MAX_UTILIZATION = 0.95  # no longer a planning rule (allowances are per process); kept for imports
 
 
 @dataclass(frozen=True)
@@ -62,178 +76,46 @@ class PlanOptions:
     deployment: str = "qwen3"
     engine: str = "vllm"  # "vllm" or "stand-in"
     image: str | None = None  # None: the image the engine pins (vllm_pin)
-    margin_min_bytes: int = MARGIN_MIN_BYTES
-    margin_fraction: float = MARGIN_FRACTION
+    kv_headroom_bytes: int = KV_HEADROOM_BYTES  # beyond one request, where the planner chooses
+    accounting: Accounting = VLLM_0_33
 
 
-# --- memory model ---------------------------------------------------------------------------
+# --- the one room rule ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Need:
-    """Fixed per-GPU cost of one service and its KV cost per token."""
-
-    weights: int
-    activation_peak: int
-    non_torch: int
-    cuda_graphs: int
-    kv_per_token: int
-
-    @property
-    def fixed(self) -> int:
-        return self.weights + self.activation_peak + self.non_torch + self.cuda_graphs
-
-    def bytes_for(self, tokens: int) -> int:
-        return self.fixed + _kv_bytes(tokens, self.kv_per_token)
-
-
-def _kv_bytes(tokens: int, per_token: int) -> int:
-    return math.ceil(tokens / KV_BLOCK_SIZE) * KV_BLOCK_SIZE * per_token
-
-
-def _dtype_bytes(kv_cache_dtype: str) -> int:
-    return 1 if kv_cache_dtype.startswith("fp8") else 2
-
-
-def _need(ckpt: Checkpoint, tp: int, kv_dtype: str, seqs: int, batched: int, eager: bool) -> _Need:
-    fam = ckpt.family
-    # Profiling-run peak: hidden states and MLP intermediates for one full batch of tokens,
-    # plus fp32 logits for every sequence the sampler warms up with (vocab is gathered).
-    activations = batched * (4 * fam.hidden_size + 2 * fam.intermediate_size // tp) * 2
-    logits = seqs * fam.vocab_size * 4
-    return _Need(
-        weights=math.ceil(ckpt.weight_bytes / tp),
-        activation_peak=int((activations + logits) * 1.25),
-        # cuBLAS/NCCL workspaces and other allocations outside torch's allocator.
-        non_torch=256 * MIB + (512 * MIB if tp > 1 else 0),
-        # Heuristic, not a vLLM constant: graph pools grow with the number of layers.
-        cuda_graphs=0 if eager else 256 * MIB + fam.layers * 12 * MIB,
-        kv_per_token=fam.kv_bytes_per_token(tp, _dtype_bytes(kv_dtype)),
-    )
-
-
-def usable_room_bytes(gpu: Gpu, processes: int = 1, options: PlanOptions | None = None) -> int:
+def usable_room_bytes(
+    gpu: Gpu,
+    processes: int = 1,
+    options: PlanOptions | None = None,
+    tensor_parallel_sizes: Sequence[int] | None = None,
+) -> int:
     """What the vLLM processes on this GPU may ask for together (the sum of their
-    ceil(gpu_memory_utilization x total)), given the memory free now. The planner, runtime's
-    pre-start check and `tune` all use this one rule."""
-    options = options or PlanOptions()
-    margin = max(options.margin_min_bytes, int(gpu.total_bytes * options.margin_fraction))
-    return min(int(gpu.total_bytes * MAX_UTILIZATION), gpu.free_bytes - margin)
+    `requested_bytes`), given the memory free now: free memory minus each process's CUDA
+    context, cuBLAS and (TP > 1) NCCL allowance. The planner, runtime's pre-start check and
+    `tune` all use this one rule; pass the processes' TP sizes when some use several GPUs."""
+    del options  # same rule for every option set; the parameter keeps call sites stable
+    sizes = tuple(tensor_parallel_sizes) if tensor_parallel_sizes else (1,) * max(1, processes)
+    return room_bytes(gpu, sizes)
 
 
-def usable_room_mib(gpu: Gpu, processes: int = 1, options: PlanOptions | None = None) -> int:
+def usable_room_mib(
+    gpu: Gpu,
+    processes: int = 1,
+    options: PlanOptions | None = None,
+    tensor_parallel_sizes: Sequence[int] | None = None,
+) -> int:
     """`usable_room_bytes` in MiB (rounded down)."""
-    return usable_room_bytes(gpu, processes, options) // MIB
+    return usable_room_bytes(gpu, processes, options, tensor_parallel_sizes) // MIB
 
 
-def _usable_bytes(gpu: Gpu, options: PlanOptions, processes: int = 1) -> int:
-    return usable_room_bytes(gpu, processes, options)
-
-
-def _gib(value: float) -> str:
-    return f"{value / GIB:.1f} GiB"
-
-
-# --- placement ------------------------------------------------------------------------------
-
-
-@dataclass
-class _Draft:
-    spec: ServiceSpec
-    ckpt: Checkpoint
-    gpus: tuple[int, ...]
-    context: int
-    yarn_factor: float | None
-    seqs: int
-    batched: int
-    need: _Need
-    min_tokens: int
-    utilization: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-
-def _place(profile: Profile, inventory: GpuInventory) -> dict[str, tuple[int, ...]]:
-    indices = {g.index for g in inventory.gpus}
-    placed: dict[str, tuple[int, ...]] = {}
-    for spec in profile.services:
-        if spec.gpus is None:
-            continue
-        for position, index in enumerate(spec.gpus):
-            if index not in indices:
-                # The profile is fine; this box lacks the GPU: "does not fit", like gpu_count.
-                raise PlanError(
-                    f"{profile.source}: services.{spec.name}.gpus[{position}]: GPU {index} does "
-                    f"not exist; this box has GPUs {inventory.indices_text()}",
-                    hint=f"profile {profile.name!r} needs {profile.gpus_needed} GPU(s)",
-                )
-        placed[spec.name] = spec.gpus
-    taken = {g for gpus in placed.values() for g in gpus}
-    for spec in profile.services:
-        if spec.gpus is not None:
-            continue
-        # Prefer GPUs no other service uses, then the ones with the most free memory.
-        ranked = sorted(inventory.gpus, key=lambda g: (g.index in taken, -g.free_bytes, g.index))
-        if len(ranked) < spec.gpu_count:
-            raise PlanError(
-                f"services.{spec.name} needs {spec.gpu_count} GPUs; this box has {len(ranked)}",
-                hint="lower gpu_count or plan for a bigger box with --gpus-file",
-            )
-        chosen = tuple(sorted(g.index for g in ranked[: spec.gpu_count]))
-        placed[spec.name] = chosen
-        taken.update(chosen)
-    return placed
-
-
-def _check_gpu_support(
-    spec: ServiceSpec, ckpt: Checkpoint, gpus: list[Gpu], catalog: Catalog
-) -> str | None:
-    support = QUANTIZATIONS[ckpt.quantization]
-    for gpu in gpus:
-        if gpu.mig_enabled:
-            raise PlanError(
-                f"{spec.name}: GPU {gpu.index} ({gpu.name}) has MIG enabled; qwen-deploy places "
-                "services on whole GPUs",
-                hint="disable MIG (nvidia-smi -i N -mig 0) or choose other GPUs",
-            )
-        if gpu.capability < support.min_capability:
-            runnable = [
-                c.id
-                for c in catalog.alternatives(ckpt)
-                if gpu.capability >= QUANTIZATIONS[c.quantization].min_capability
-            ]
-            fixes = f"use {' or '.join(runnable)}" if runnable else "use a newer GPU"
-            raise PlanError(
-                f"{spec.name}: {ckpt.id} is {ckpt.quantization.upper()}, which vLLM {VLLM_VERSION} "
-                f"runs only on compute capability {support.min_capability / 10:.1f} or newer; "
-                f"GPU {gpu.index} ({gpu.name}) is {gpu.compute_capability}",
-                hint=f"{fixes}, or place the service on a newer GPU",
-            )
-    if spec.tensor_parallel_size > 1 and ckpt.family.attention_heads % spec.tensor_parallel_size:
-        raise PlanError(
-            f"{spec.name}: tensor parallel size {spec.tensor_parallel_size} does not divide "
-            f"{ckpt.family.name}'s {ckpt.family.attention_heads} attention heads",
-            hint="use 1, 2, 4 or 8 GPUs",
-        )
-    weakest = min(gpus, key=lambda g: g.capability)
-    return kernel_note(ckpt.quantization, weakest.capability)
-
-
-def _context(spec: ServiceSpec, ckpt: Checkpoint, profile: Profile) -> tuple[int, float | None]:
-    fam = ckpt.family
-    if spec.context is None:
-        return fam.native_context, None
-    if spec.context <= fam.max_position_embeddings:
-        return spec.context, None
-    if spec.context <= fam.yarn_context:
-        # YaRN factor relative to the 32768 native window, as the Qwen3 cards recommend.
-        factor = max(1.0, math.ceil(spec.context / fam.native_context * 2) / 2)
-        return spec.context, factor
-    raise ProfileError(
-        f"{profile.source}: services.{spec.name}.context: {spec.context} tokens is more than "
-        f"{ckpt.id} supports ({fam.max_position_embeddings} natively, "
-        f"{fam.yarn_context} with YaRN)",
-        hint=f"use context: {fam.yarn_context} or less",
-    )
+def gpu_spare_bytes(plan: DeploymentPlan, index: int) -> int:
+    """Room on a planned GPU that none of its services asks for (negative: over-asked)."""
+    gpu = plan.gpu(index)
+    if gpu is None:
+        return 0
+    tenants = plan.services_on(index)
+    room = usable_room_bytes(gpu, tensor_parallel_sizes=[s.tensor_parallel_size for s in tenants])
+    return room - sum(requested_bytes(gpu, s.gpu_memory_utilization) for s in tenants)
 
 
 # --- the plan -------------------------------------------------------------------------------
@@ -250,25 +132,36 @@ def plan(
     if not inventory.gpus:
         raise PlanError("the inventory lists no GPUs")
     catalog = catalog_for(profile, catalog)
-    placement = _place(profile, inventory)
     by_index = {g.index: g for g in inventory.gpus}
 
-    drafts: list[_Draft] = []
+    def checkpoint(spec: ServiceSpec) -> Checkpoint:
+        return catalog.get(spec.model, f"{profile.source}: services.{spec.name}.model")
+
+    estimates: dict[tuple[str, int], int] = {}
+
+    def room_after(spec: ServiceSpec, gpu: Gpu, placed: list[ServiceSpec]) -> int:
+        """Room this GPU keeps once `spec` joins the services placed there, all at minimum."""
+        asks = 0
+        for s in (*placed, spec):
+            key = (s.name, gpu.index)
+            if key not in estimates:
+                draft = make_draft(
+                    s, checkpoint(s), [gpu], profile, options.accounting, options.kv_headroom_bytes
+                )
+                estimates[key] = min_ask(draft, gpu)
+            asks += estimates[key]
+        sizes = [s.tensor_parallel_size for s in (*placed, spec)]
+        return usable_room_bytes(gpu, tensor_parallel_sizes=sizes) - asks
+
+    placement = place(profile, inventory, room_after)
+    drafts: list[Draft] = []
     for spec in profile.services:
-        ckpt = catalog.get(spec.model, f"{profile.source}: services.{spec.name}.model")
-        gpus = placement[spec.name]
-        gpu_objs = [by_index[i] for i in gpus]
-        note = _check_gpu_support(spec, ckpt, gpu_objs, catalog)
-        context, yarn = _context(spec, ckpt, profile)
-        default_seqs, batched = batch_defaults(
-            gpu_objs[0].name, min(g.memory_total_mib for g in gpu_objs)
+        ckpt = checkpoint(spec)
+        gpu_objs = [by_index[i] for i in placement[spec.name]]
+        note = check_gpu_support(spec, ckpt, gpu_objs, catalog, len(inventory.gpus))
+        draft = make_draft(
+            spec, ckpt, gpu_objs, profile, options.accounting, options.kv_headroom_bytes
         )
-        seqs = spec.max_num_seqs or default_seqs
-        need = _need(
-            ckpt, spec.tensor_parallel_size, spec.kv_cache_dtype, seqs, batched, spec.enforce_eager
-        )
-        min_tokens = MIN_AUTO_CONTEXT if spec.context is None else context
-        draft = _Draft(spec, ckpt, gpus, context, yarn, seqs, max(batched, seqs), need, min_tokens)
         if note:
             draft.notes.append(
                 f"{ckpt.quantization.upper()} on compute capability "
@@ -276,11 +169,11 @@ def plan(
             )
         drafts.append(draft)
 
-    _size_utilizations(drafts, by_index, options, catalog, inventory)
-    services = tuple(_finish(d, by_index) for d in drafts)
-    services = _order(services)
+    sizing_warnings = _size(drafts, by_index, catalog, inventory)
+    services = _order(tuple(_finish(d, by_index) for d in drafts))
     warnings = (
         tuple(f"{d.spec.name}: {n}" for d in drafts for n in d.notes)
+        + tuple(sizing_warnings)
         + _shared_gpu_warnings(services)
         + _exposure_warnings(services)
     )
@@ -299,167 +192,110 @@ def plan(
     )
 
 
-def _size_utilizations(
-    drafts: list[_Draft],
-    gpus: dict[int, Gpu],
-    options: PlanOptions,
-    catalog: Catalog,
-    inventory: GpuInventory,
-) -> None:
-    """Give each service the smallest fraction that holds its weights, overheads and one
-    full-context request, then share what is left on each GPU by the services' `share`."""
-    on_gpu: dict[int, list[_Draft]] = {}
+def _size(
+    drafts: list[Draft], gpus: dict[int, Gpu], catalog: Catalog, inventory: GpuInventory
+) -> list[str]:
+    """Give each service the smallest fraction that holds its weights, overheads, one
+    full-context request and the headroom, then share what is left on each GPU by the
+    services' `share`. Fixed fractions are refused only where vLLM itself would refuse them."""
+    warnings: list[str] = []
+    on_gpu: dict[int, list[Draft]] = {}
     for d in drafts:
         for g in d.gpus:
             on_gpu.setdefault(g, []).append(d)
-
     for d in drafts:
         if d.spec.gpu_memory_utilization is not None:
             d.utilization = d.spec.gpu_memory_utilization
         else:
-            need = d.need.bytes_for(d.min_tokens)
-            d.utilization = _ceil(max(need / gpus[g].total_bytes for g in d.gpus))
+            d.utilization = ceil3(max(d.minimum() / cuda_total_bytes(gpus[g]) for g in d.gpus))
 
-    # Every GPU must hold what its services ask for together.
     for index, group in sorted(on_gpu.items()):
         gpu = gpus[index]
-        asked = sum(math.ceil(d.utilization * gpu.total_bytes) for d in group)
-        if asked > _usable_bytes(gpu, options):
+        fixed = [d for d in group if d.fixed]
+        free = cuda_free_bytes(gpu)
+        if asked_by(gpu, fixed) > free:
             raise PlanError(
-                _no_fit_message(gpu, group, options),
-                hint="; ".join(_fixes(group, gpu, options, catalog, inventory)),
+                refusal_message(gpu, fixed),
+                hint=fix_text(fixes_for(group, gpu, on_gpu, catalog, inventory)),
             )
-
-    slack = {
-        i: _usable_bytes(gpus[i], options)
-        - sum(math.ceil(d.utilization * gpus[i].total_bytes) for d in group)
-        for i, group in on_gpu.items()
-    }
-    shares = {
-        i: sum(d.spec.share for d in group if d.spec.gpu_memory_utilization is None)
-        for i, group in on_gpu.items()
-    }
-    for d in drafts:
-        if d.spec.gpu_memory_utilization is not None:
+        room, asked = room_for(gpu, group), asked_by(gpu, group)
+        if asked <= room:
             continue
-        extra = min(slack[g] * d.spec.share / shares[g] / gpus[g].total_bytes for g in d.gpus)
-        d.utilization = _floor(d.utilization + max(0.0, extra))
+        if len(fixed) == len(group):
+            names = " and ".join(f"{d.spec.name} ({d.utilization:g})" for d in group)
+            allowance = sum(process_allowance(d.tp) for d in group)
+            warnings.append(
+                f"GPU {index}: {names} ask {gib(asked)} of the {gib(free)} free; the "
+                f"{gib(free - asked)} left is less than the {gib(allowance)} this plan keeps for "
+                "CUDA contexts, cuBLAS, NCCL and growth after start: vLLM starts only if those "
+                "stay small and no other process takes memory"
+            )
+            continue
+        raise PlanError(
+            no_fit_message(gpu, group),
+            hint=fix_text(fixes_for(group, gpu, on_gpu, catalog, inventory)),
+        )
+
+    slack = {i: room_for(gpus[i], group) - asked_by(gpus[i], group) for i, group in on_gpu.items()}
+    shares = {i: sum(d.spec.share for d in group if not d.fixed) for i, group in on_gpu.items()}
+    for d in drafts:
+        if d.fixed:
+            continue
+        extra = min(
+            max(0, slack[g]) * d.spec.share / shares[g] / cuda_total_bytes(gpus[g]) for g in d.gpus
+        )
+        d.utilization = floor3(d.utilization + extra)
 
     for d in drafts:
-        budget = min(math.ceil(d.utilization * gpus[g].total_bytes) for g in d.gpus)
-        kv = budget - d.need.fixed
-        needed = _kv_bytes(d.min_tokens, d.need.kv_per_token)
-        if kv < needed:
-            # Only a fixed utilization from the profile gets here: report it as vLLM would.
-            fits = max(0, kv) // d.need.kv_per_token
-            raise PlanError(
-                f"{d.spec.name}: gpu_memory_utilization {d.utilization} gives "
-                f"{_gib(budget)} per GPU; weights {_gib(d.need.weights)} + overheads "
-                f"{_gib(d.need.fixed - d.need.weights)} leave {_gib(max(0, kv))} of KV cache, "
-                f"but one {d.min_tokens}-token request needs {_gib(needed)} "
-                f"(vLLM would refuse to start: estimated maximum model length {fits})",
-                hint=_join_fixes(
-                    [
-                        f"context: {fits // 1024 * 1024}" if fits >= 1024 else "",
-                        "raise gpu_memory_utilization or set it to auto",
-                        "kv_cache_dtype: fp8" if _dtype_bytes(d.spec.kv_cache_dtype) == 2 else "",
-                    ]
-                ),
-            )
+        if d.fixed:
+            warnings.extend(_check_fixed_kv(d, gpus))
+    return warnings
 
 
-def _ceil(fraction: float) -> float:
-    return math.ceil(fraction * 1000) / 1000
-
-
-def _floor(fraction: float) -> float:
-    return math.floor(fraction * 1000) / 1000
-
-
-def _join_fixes(fixes: list[str]) -> str:
-    return "fixes: " + "; ".join(f for f in fixes if f)
-
-
-def _no_fit_message(gpu: Gpu, group: list[_Draft], options: PlanOptions) -> str:
-    parts = []
-    for d in group:
-        asked = math.ceil(d.utilization * gpu.total_bytes)
-        if d.spec.gpu_memory_utilization is not None:
-            parts.append(
-                f"{d.spec.name} asks {_gib(asked)} (gpu_memory_utilization {d.utilization})"
-            )
-        else:
-            kv = _kv_bytes(d.min_tokens, d.need.kv_per_token)
-            parts.append(
-                f"{d.spec.name} needs {_gib(asked)} (weights {_gib(d.need.weights)}"
-                f" + overheads {_gib(d.need.fixed - d.need.weights)}"
-                f" + KV for one {d.min_tokens}-token request {_gib(kv)})"
-            )
-    used = gpu.total_bytes - gpu.free_bytes
-    return (
-        f"does not fit on GPU {gpu.index} ({gpu.name}, {_gib(gpu.total_bytes)}, "
-        f"{_gib(used)} used by other processes, {_gib(_usable_bytes(gpu, options))} usable): "
-        + "; ".join(parts)
+def _check_fixed_kv(d: Draft, gpus: dict[int, Gpu]) -> list[str]:
+    """vLLM's own check (kv_cache_planning.py): the blocks of one max_model_len request plus
+    the null block must fit the KV memory; refuse as vLLM would, warn when it barely fits."""
+    budget = budget_of(d, gpus)
+    kv = budget - d.need.fixed
+    needed = d.need.kv_for(d.min_tokens)
+    if kv >= needed + KV_HEADROOM_BYTES:
+        return []
+    fits = d.need.longest_in(kv)
+    if kv >= needed:
+        return [
+            f"{d.spec.name}: gpu_memory_utilization {d.utilization:g} leaves "
+            f"{gib(kv - needed)} of KV cache beyond one {d.min_tokens}-token request; if the "
+            "activation or CUDA-graph estimates are low, vLLM refuses to start "
+            f"(estimated maximum model length {fits})"
+        ]
+    raise PlanError(
+        f"{d.spec.name}: gpu_memory_utilization {d.utilization:g} gives {gib(budget)} per GPU; "
+        f"weights {gib(d.need.weights)} + overheads {gib(d.need.fixed - d.need.weights)} "
+        f"leave {gib(max(0, kv))} of KV cache, but one {d.min_tokens}-token request needs "
+        f"{gib(needed)} with vLLM's null block (vLLM would refuse to start: estimated maximum "
+        f"model length {fits})",
+        hint=fix_text(
+            [
+                f"context: {fits // 1024 * 1024}" if fits >= 1024 else "",
+                "raise gpu_memory_utilization or set it to auto",
+                "kv_cache_dtype: fp8" if dtype_bytes(d.spec.kv_cache_dtype) == 2 else "",
+            ]
+        ),
     )
 
 
-def _fixes(
-    group: list[_Draft], gpu: Gpu, options: PlanOptions, catalog: Catalog, inventory: GpuInventory
-) -> list[str]:
-    """Changes that would make this GPU's services fit, each checked against the numbers."""
-    usable = _usable_bytes(gpu, options)
-    fixes: list[str] = []
-    for d in group:
-        others = sum(math.ceil(o.utilization * gpu.total_bytes) for o in group if o is not d)
-        room = usable - others
-        if d.spec.gpu_memory_utilization is not None:
-            fixes.append(
-                f"{d.spec.name}: gpu_memory_utilization "
-                f"{_floor(max(0.0, room) / gpu.total_bytes)} or auto"
-            )
-            continue
-        tokens = (room - d.need.fixed) // d.need.kv_per_token if room > d.need.fixed else 0
-        if 1024 <= tokens < d.min_tokens:
-            fixes.append(f"{d.spec.name}: context: {tokens // 1024 * 1024}")
-        if _dtype_bytes(d.spec.kv_cache_dtype) == 2:
-            half = replace(d.need, kv_per_token=d.need.kv_per_token // 2)
-            if half.bytes_for(d.min_tokens) <= room:
-                fixes.append(f"{d.spec.name}: kv_cache_dtype: fp8")
-        for alt in catalog.alternatives(d.ckpt):
-            if alt.weights_gb >= d.ckpt.weights_gb:
-                continue
-            if gpu.capability < QUANTIZATIONS[alt.quantization].min_capability:
-                continue
-            alt_need = replace(
-                d.need, weights=math.ceil(alt.weight_bytes / d.spec.tensor_parallel_size)
-            )
-            if alt_need.bytes_for(d.min_tokens) <= room:
-                fixes.append(f"{d.spec.name}: model: {alt.id}")
-                break
-            alt_tokens = (room - alt_need.fixed) // alt_need.kv_per_token
-            if alt_tokens >= MIN_AUTO_CONTEXT:
-                fixes.append(
-                    f"{d.spec.name}: model: {alt.id} with context: {alt_tokens // 1024 * 1024}"
-                )
-                break
-        for other in inventory.gpus:
-            if other.index in d.gpus or len(d.gpus) > 1:
-                continue
-            if d.need.bytes_for(d.min_tokens) <= _usable_bytes(other, options):
-                fixes.append(f"{d.spec.name}: gpus: [{other.index}]")
-                break
-    if not fixes:
-        fixes.append("a GPU with more free memory")
-    return ["fixes: " + fixes[0], *fixes[1:]]
-
-
-def _finish(d: _Draft, gpus: dict[int, Gpu]) -> ServicePlan:
-    budget = min(math.ceil(d.utilization * gpus[g].total_bytes) for g in d.gpus)
+def _finish(d: Draft, gpus: dict[int, Gpu]) -> ServicePlan:
+    budget = budget_of(d, gpus)
     kv = budget - d.need.fixed
-    kv_tokens = kv // d.need.kv_per_token // KV_BLOCK_SIZE * KV_BLOCK_SIZE
-    # "context: max" takes what the KV cache holds, in whole 256-token steps.
-    max_len = min(d.context, kv_tokens // 256 * 256) if d.spec.context is None else d.context
+    kv_tokens = d.need.tokens_in(kv)
+    if d.spec.context is None:
+        # "context: max" takes what the KV cache holds beyond the headroom, in 256-token steps.
+        usable = kv - d.headroom if kv - d.headroom >= d.need.kv_for(MIN_AUTO_CONTEXT) else kv
+        max_len = min(d.context, d.need.longest_in(usable) // 256 * 256)
+    else:
+        max_len = d.context
     spec = d.spec
+    cuda_total = min(cuda_total_bytes(gpus[g]) for g in d.gpus)
     return ServicePlan(
         name=spec.name,
         model=d.ckpt.id,
@@ -482,6 +318,8 @@ def _finish(d: _Draft, gpus: dict[int, Gpu]) -> ServicePlan:
             non_torch=d.need.non_torch,
             cuda_graphs=d.need.cuda_graphs,
             kv_cache=kv,
+            sampler_state=d.need.sampler_state,
+            cuda_total=cuda_total,
         ),
         port=spec.port,
         bind=spec.bind,
@@ -595,8 +433,7 @@ def choose_profile(
         fallback = len(candidate.services) - native
         fitting.append(((len(candidate.gpus), -fallback, weights), candidate))
         reasons.append(
-            f"{profile.name}: fits, uses {len(candidate.gpus)} GPU(s) "
-            f"and {_gib(weights)} of weights"
+            f"{profile.name}: fits, uses {len(candidate.gpus)} GPU(s) and {gib(weights)} of weights"
         )
     if not fitting:
         raise PlanError("no profile fits these GPUs: " + "; ".join(reasons))

@@ -12,15 +12,12 @@ from deployer.catalog import Catalog
 from deployer.gpus import Gpu, GpuInventory, GpuProcess
 from deployer.planner import DeploymentPlan, PlanOptions, plan
 from deployer.profiles import load_profile
-from deployer.runtime import (
-    Observed,
-    converge_actions,
-    memory_shortfall,
-    parse_docker_time,
-    status_summary,
-)
+from deployer.runtime.convergence import converge_actions
+from deployer.runtime.observed import Observed
+from deployer.runtime.preflight import memory_shortfall
+from deployer.runtime.status import parse_docker_time, status_summary
 from deployer.spec import LABEL_CONFIG_HASH, ContainerSpec, container_specs
-from tests.conftest import inventory
+from tests.helpers import inventory
 
 DIR = "/srv/qwen-deploy/t"
 
@@ -174,7 +171,9 @@ def _gpu(index: int, total_mib: int, used_mib: int, procs: tuple[GpuProcess, ...
 
 
 def test_memory_shortfall_names_the_numbers(tri_tier: DeploymentPlan) -> None:
-    mini = tri_tier.service("mini")  # gpu_memory_utilization 0.661 of GPU 2
+    # gpu_memory_utilization 0.641 of GPU 2 (memory model v2, issue 11: 0.661 before, when the
+    # fraction was of NVML's total and the margin was one per GPU instead of one per process)
+    mini = tri_tier.service("mini")
     free = GpuInventory("550", "12.4", (_gpu(0, 24564, 0), _gpu(1, 24564, 0), _gpu(2, 24564, 0)))
     assert memory_shortfall(mini, free) is None
     busy = GpuInventory(
@@ -185,7 +184,7 @@ def test_memory_shortfall_names_the_numbers(tri_tier: DeploymentPlan) -> None:
     problem = memory_shortfall(mini, busy)
     assert problem is not None
     assert "GPU 2 has 12.0 GiB free of 24.0 GiB" in problem
-    assert "mini asks 15.9 GiB (gpu_memory_utilization 0.661)" in problem
+    assert "mini asks 15.4 GiB (gpu_memory_utilization 0.641)" in problem
     assert "python[4242] 12.0 GiB" in problem
 
 
@@ -207,7 +206,7 @@ def test_docker_times() -> None:
 
 
 def test_status_summary() -> None:
-    from deployer.runtime import ServiceStatus
+    from deployer.runtime.status import ServiceStatus
 
     def row(name: str, state: str, health: str, **kw: Any) -> ServiceStatus:
         base = dict(

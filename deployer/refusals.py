@@ -1,0 +1,147 @@
+"""Why a plan is refused, in numbers, and the fixes that were checked to work. Pure."""
+
+from __future__ import annotations
+
+import math
+
+from deployer.catalog import Catalog
+from deployer.drafts import (
+    MIN_AUTO_CONTEXT,
+    Draft,
+    floor3,
+    gib,
+    min_ask,
+    min_asked_by,
+    room_for,
+)
+from deployer.gpus import GIB, Gpu, GpuInventory
+from deployer.memory_model import (
+    Need,
+    cuda_free_bytes,
+    cuda_total_bytes,
+    dtype_bytes,
+    process_allowance,
+    requested_bytes,
+)
+from deployer.vllm_pin import QUANTIZATIONS
+
+MAX_FIXES = 8  # a refusal lists at most this many fixes, the ones that apply together first
+MAX_PARTS = 6  # ... and names at most this many services' numbers
+
+
+def fix_text(fixes: list[str]) -> str:
+    chosen = [f for f in fixes if f] or ["a GPU with more free memory"]
+    more = len(chosen) - MAX_FIXES
+    return "fixes: " + "; ".join(chosen[:MAX_FIXES]) + (f"; (+{more} more)" if more > 0 else "")
+
+
+def refusal_message(gpu: Gpu, fixed: list[Draft]) -> str:
+    asks = ", ".join(
+        f"{d.spec.name} {d.utilization:g} ({gib(requested_bytes(gpu, d.utilization))})"
+        for d in fixed
+    )
+    return (
+        f"GPU {gpu.index} ({gpu.name}) has {cuda_free_bytes(gpu) / GIB:.2f}/"
+        f"{cuda_total_bytes(gpu) / GIB:.2f} GiB free, less than the fixed "
+        f"gpu_memory_utilization asks: {asks} (vLLM would refuse to start: free memory on "
+        "startup is less than desired GPU memory utilization)"
+    )
+
+
+def no_fit_message(gpu: Gpu, group: list[Draft]) -> str:
+    parts = []
+    for d in group[:MAX_PARTS]:
+        asked = min_ask(d, gpu)
+        if d.fixed:
+            parts.append(
+                f"{d.spec.name} asks {gib(asked)} (gpu_memory_utilization {d.utilization})"
+            )
+        else:
+            kv = d.need.kv_for(d.min_tokens)
+            parts.append(
+                f"{d.spec.name} needs {gib(asked)} (weights {gib(d.need.weights)}"
+                f" + overheads {gib(d.need.fixed - d.need.weights)}"
+                f" + KV for one {d.min_tokens}-token request {gib(kv)}"
+                f" + headroom {gib(d.headroom)})"
+            )
+    if len(group) > MAX_PARTS:
+        parts.append(f"and {len(group) - MAX_PARTS} more services")
+    used = gpu.total_bytes - gpu.free_bytes
+    return (
+        f"does not fit on GPU {gpu.index} ({gpu.name}, {gib(cuda_total_bytes(gpu))}, "
+        f"{gib(used)} used by other processes, {gib(room_for(gpu, group))} usable by "
+        f"{len(group)} vLLM process(es)): " + "; ".join(parts)
+    )
+
+
+def fixes_for(
+    group: list[Draft],
+    gpu: Gpu,
+    on_gpu: dict[int, list[Draft]],
+    catalog: Catalog,
+    inventory: GpuInventory,
+) -> list[str]:
+    """Changes that would make this GPU's services fit, each checked against the numbers:
+    first one set of moves to other GPUs that applies together, then alternatives per
+    service (each on its own, the others unchanged)."""
+    fixes = [_moves(group, gpu, on_gpu, inventory)]
+    room = room_for(gpu, group)
+    for d in group:
+        avail = room - sum(min_ask(o, gpu) for o in group if o is not d)
+        if d.fixed:
+            fraction = floor3(max(0.0, avail) / cuda_total_bytes(gpu))
+            fixes.append(f"{d.spec.name}: gpu_memory_utilization {fraction} or auto")
+            continue
+        tokens = d.need.longest_in(avail - d.need.fixed - d.headroom)
+        if 1024 <= tokens < d.min_tokens:
+            fixes.append(f"{d.spec.name}: context: {tokens // 1024 * 1024}")
+        if dtype_bytes(d.spec.kv_cache_dtype) == 2:
+            half = Need(**{**d.need.__dict__, "kv_per_token": d.need.kv_per_token // 2})
+            if half.bytes_for(d.min_tokens, d.headroom) <= avail:
+                fixes.append(f"{d.spec.name}: kv_cache_dtype: fp8")
+        fixes.append(_smaller_model(d, gpu, avail, catalog))
+    return fixes
+
+
+def _smaller_model(d: Draft, gpu: Gpu, avail: int, catalog: Catalog) -> str:
+    for alt in catalog.alternatives(d.ckpt):
+        if alt.weights_gb >= d.ckpt.weights_gb:
+            continue
+        if gpu.capability < QUANTIZATIONS[alt.quantization].min_capability:
+            continue
+        alt_need = d.need.with_weights(math.ceil(alt.weight_bytes / d.tp))
+        if alt_need.bytes_for(d.min_tokens, d.headroom) <= avail:
+            return f"{d.spec.name}: model: {alt.id}"
+        tokens = alt_need.longest_in(avail - alt_need.fixed - d.headroom)
+        if tokens >= MIN_AUTO_CONTEXT:
+            return f"{d.spec.name}: model: {alt.id} with context: {tokens // 1024 * 1024}"
+    return ""
+
+
+def _moves(
+    group: list[Draft], gpu: Gpu, on_gpu: dict[int, list[Draft]], inventory: GpuInventory
+) -> str:
+    """One set of `gpus:` moves, last services first, onto other GPUs' planned room (a ledger,
+    so two moves never count the same room), that leaves this GPU fitting; "" if none does."""
+    ledger = {}
+    for other in inventory.gpus:
+        if other.index != gpu.index and not other.mig_enabled:
+            tenants = on_gpu.get(other.index, [])
+            ledger[other.index] = room_for(other, tenants) - min_asked_by(other, tenants)
+    stay = list(group)
+    moves: list[str] = []
+    for d in reversed(group):
+        if min_asked_by(gpu, stay) <= room_for(gpu, stay):
+            break
+        if len(d.gpus) > 1 or d.fixed:
+            continue
+        for index in sorted(ledger, key=lambda i: (-ledger[i], i)):
+            cost = min_ask(d, inventory.by_index(index)) + process_allowance(d.tp)
+            if cost <= ledger[index]:
+                ledger[index] -= cost
+                stay.remove(d)
+                moves.append(f"{d.spec.name}: gpus: [{index}]")
+                break
+    if moves and min_asked_by(gpu, stay) <= room_for(gpu, stay):
+        return " with ".join(moves)
+    return ""
