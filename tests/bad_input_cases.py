@@ -256,6 +256,11 @@ CASES: tuple[Case, ...] = (
          (*UP, "--hf-token-file", "{tmp}/token"), ExitCode.USAGE,
          "must hold one token on one line", "put the token alone on the first line",
          setup=together(GOOD, file_in_tmp("token", "hf_abc\nhf_def\n"))),
+    Case("bench-absurd-concurrency", "`bench --concurrency` far above what one client runs",
+         ("bench", "mini", "-c", "100000000", "-p", "16", "--max-tokens", "4",
+          "--requests-per-point", "1"), ExitCode.USAGE,
+         "is more than 1024 concurrent requests",
+         "use at most 1024; beyond that, `vllm bench serve` or GuideLLM (README: Benchmarks)"),
     # --- the profile ----------------------------------------------------------------------------
     Case("profile-not-yaml", "the profile is not valid YAML", UP, ExitCode.PROFILE,
          "not valid YAML (line", "fix the line the message names",
