@@ -8,7 +8,6 @@ backoff and jitter until the service's deadline; any other answer is final. Each
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +17,7 @@ from typing import Any
 
 import requests
 
+from deployer import openai_wire as wire
 from deployer.deployment import DeploymentDir
 from deployer.endpoints import base_url_for
 from deployer.errors import VerifyFailed
@@ -188,7 +188,7 @@ class _Client:
         return self.deadline - self.retry.clock()
 
     def headers(self, key: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key}"} if key is not None else {}
+        return wire.auth_headers(key)
 
     def send(
         self,
@@ -272,21 +272,12 @@ def _connection_problem(exc: requests.ConnectionError) -> str:
 
 
 def error_text(response: requests.Response) -> str:
-    """vLLM's error bodies: {"error": "Unauthorized"}, {"error": {"message": ...}} or
-    {"object": "error", "message": ...}."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.text.strip()[:200] or response.reason or ""
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict):
-            return str(error.get("message", error))[:200]
-        if error:
-            return str(error)[:200]
-        if "message" in data:
-            return str(data["message"])[:200]
-    return json.dumps(data)[:200]
+    """What an error answer says, on one bounded line (an HTML page by its title)."""
+    return wire.error_text(
+        response.content,
+        content_type=response.headers.get("Content-Type", ""),
+        reason=response.reason or "",
+    )
 
 
 def _http_failure(response: requests.Response, what: str) -> _CheckFailed:
@@ -393,17 +384,15 @@ def _check_auth(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
 def chat_body(
     service: ServicePlan, prompt: str, *, thinking: bool, max_tokens: int, stream: bool = False
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": service.served_model_name,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        **service.generation.as_dict(),
-        "chat_template_kwargs": {"enable_thinking": thinking},
-    }
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return body
+    """A chat request for the service's model with its planned sampling defaults."""
+    return wire.chat_body(
+        service.served_model_name,
+        prompt,
+        max_tokens=max_tokens,
+        sampling=service.generation.as_dict(),
+        thinking=thinking,
+        stream=stream,
+    )
 
 
 def _choice(data: dict[str, Any], what: str) -> tuple[dict[str, Any], str | None]:
@@ -452,10 +441,7 @@ def _check_chat(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
 
 def sse_events(response: requests.Response) -> Iterator[str]:
     """The data fields of an SSE stream (one event per `data:` line, as vLLM sends them)."""
-    for raw in response.iter_lines():
-        line = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        if line.startswith("data:"):
-            yield line[5:].strip()
+    return wire.iter_sse_data(response.iter_lines())
 
 
 def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
@@ -470,31 +456,25 @@ def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
         kind = response.headers.get("Content-Type", "")
         if "text/event-stream" not in kind:
             raise _CheckFailed(f"answered {kind or 'no Content-Type'}, not text/event-stream")
-        chunks = 0
         ttft: float | None = None
-        done = False
         tokens: int | None = None
+        stream = wire.ChunkStream(response.iter_lines())
         try:
-            for event in sse_events(response):
-                if event == "[DONE]":
-                    done = True
-                    break
-                chunks += 1
-                try:
-                    chunk = json.loads(event)
-                except ValueError:
-                    raise _CheckFailed(f"chunk {chunks} is not JSON: {event[:80]!r}") from None
-                if not isinstance(chunk, dict):
-                    raise _CheckFailed(f"chunk {chunks} is not a JSON object")
-                if "error" in chunk:
-                    raise _CheckFailed(f"error in the stream: {chunk['error']}")
+            for chunk in stream:
+                problem = wire.chunk_error(chunk)
+                if problem is not None:
+                    raise _CheckFailed(f"error in the stream: {problem}")
                 tokens = _completion_tokens(chunk) or tokens
-                if ttft is None and delta_text(chunk):
+                if ttft is None and wire.delta_text(chunk):
                     ttft = time.perf_counter() - start
+        except wire.StreamError as exc:
+            raise _CheckFailed(str(exc)) from None
         except (requests.RequestException, ConnectionError) as exc:
             raise _CheckFailed(
-                f"stream broke after {chunks} chunks: {type(exc).__name__}", {"chunks": chunks}
+                f"stream broke after {stream.events} chunks: {type(exc).__name__}",
+                {"chunks": stream.events},
             ) from None
+        chunks, done = stream.events, stream.done
     elapsed = time.perf_counter() - start
     metrics: Metrics = {
         "chunks": chunks,
@@ -507,18 +487,6 @@ def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
     if ttft is None:
         raise _CheckFailed(f"{chunks} chunks and [DONE] but no text in any delta", metrics)
     return f"{chunks} chunks, first token after {ttft * 1000:.0f} ms, [DONE]", metrics
-
-
-def delta_text(chunk: dict[str, Any]) -> str:
-    choices = chunk.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return ""
-    delta = choices[0].get("delta") or {}
-    if not isinstance(delta, dict):
-        return ""
-    return str(
-        delta.get("content") or delta.get("reasoning") or delta.get("reasoning_content") or ""
-    )
 
 
 def _check_thinking(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:

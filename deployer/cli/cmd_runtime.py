@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,6 +15,7 @@ from deployer.cli.common import (
     AppContext,
     allow_unauthenticated_option,
     docker_client,
+    is_terminal,
     json_option,
     make_plan,
     pass_app,
@@ -42,6 +41,8 @@ if TYPE_CHECKING:
     from deployer.planner import DeploymentPlan
     from deployer.runtime import ApplyResult
 
+T = TypeVar("T")
+
 
 def wait_option(func: Any) -> Any:
     return click.option(
@@ -65,16 +66,6 @@ def timeout_option(func: Any) -> Any:
         help="Seconds each service may take to answer /v1/models once started "
         "[default: the profile's startup_timeout_s].",
     )(func)
-
-
-def runtime_env(keys: Mapping[str, str], hf_token: str | None = None) -> dict[str, str]:
-    """What containers get besides their spec: the .env keys and HF_TOKEN (from --hf-token-file,
-    else the environment). The token goes to the containers only, never into a file."""
-    env = dict(keys)
-    token = hf_token or os.environ.get("HF_TOKEN")
-    if token:
-        env["HF_TOKEN"] = token
-    return env
 
 
 def _read_token_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> str | None:
@@ -138,55 +129,52 @@ def up(
     Example: qwen-deploy up --profile tri-tier
     """
     from deployer import runtime
-    from deployer.deployment import resolve_api_keys
-    from deployer.render import render_files
-    from deployer.spec import container_specs
 
     planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
     plan = planned.plan
-    directory = app.deployment_dir
+    from deployer.hostnet import check_binds_here
+
+    check_binds_here(plan)  # before anything is written or created (D10)
+    request = runtime.UpRequest(
+        directory=app.deployment_dir,
+        profile=planned.profile,
+        plan=plan,
+        timeout_s=timeout_s,
+        wait_s=wait_s,
+        allow_unauthenticated=allow_unauthenticated,
+        hf_token=hf_token,
+    )
     if dry_run:
-        keys = resolve_api_keys(
-            plan, planned.profile, directory.read_env(), os.environ, allow_unauthenticated
-        )
-        specs = container_specs(plan, str(directory.path))
-        env = runtime_env(keys, hf_token)
-        actions = runtime.plan_actions(docker_client(), plan, specs, env)
+        actions = runtime.up_dry_run(docker_client(), request)
         _notes(plan)
         click.echo(dry_run_table(actions))
         click.echo("dry run: nothing was changed")
         return
     client = docker_client()
-    with directory.lock(wait_s):
-        keys = resolve_api_keys(
-            plan, planned.profile, directory.read_env(), os.environ, allow_unauthenticated
-        )
-        specs = container_specs(plan, str(directory.path))
-        env = runtime_env(keys, hf_token)
-        printer = ProgressPrinter([s.name for s in plan.services])
-        # Host ports and images are checked before the directory or any container changes.
-        actions = runtime.preflight(client, plan, specs, env, printer)
-        _notes(plan)  # only for a plan that is going to be applied: errors stay one line
-        directory.write_files(render_files(plan, str(directory.path), keys))
-        _report(
-            printer,
-            plan,
-            lambda: runtime.apply(client, plan, specs, env, printer, timeout_s, actions=actions),
-        )
-        if not no_verify:
-            _verify(directory, plan, keys)
+    printer = ProgressPrinter([s.name for s in plan.services])
+    # Notes only for a plan that passed the checks and is going to be applied: errors stay
+    # one line.
+    done = _interruptible(
+        printer, lambda: runtime.up(client, request, printer, lambda _: _notes(plan))
+    )
+    _report(done.result, plan)
+    if not no_verify:
+        _verify(app.deployment_dir, plan, done.keys)
 
 
-def _report(printer: ProgressPrinter, plan: DeploymentPlan, run: Callable[[], ApplyResult]) -> None:
-    """Run an apply or restart, print its table and summary; raise DeployFailed on failure.
-    Ctrl-C names what was started before it propagates."""
-    from deployer import runtime
-
+def _interruptible(printer: ProgressPrinter, run: Callable[[], T]) -> T:
+    """Run an up or restart; Ctrl-C names what was started before it propagates."""
     try:
-        result = run()
+        return run()
     except KeyboardInterrupt:
         say_interrupted(printer.board)
         raise
+
+
+def _report(result: ApplyResult, plan: DeploymentPlan) -> None:
+    """Print an up's or restart's table and summary; raise DeployFailed on failure."""
+    from deployer import runtime
+
     click.echo(result_table(result, plan))
     click.echo(summary(result))
     if not result.ok:
@@ -252,7 +240,7 @@ def down(app: AppContext, wait_s: float) -> None:
     click.echo(kept)
 
 
-def _status_once(app: AppContext, as_json: bool) -> None:
+def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> None:
     from deployer import runtime
     from deployer.spec import container_specs
 
@@ -266,7 +254,8 @@ def _status_once(app: AppContext, as_json: bool) -> None:
         app.deployment,
         plan,
         specs=specs,
-        env=runtime_env(directory.read_env()) if plan else None,
+        # A lost .env is not status's business: it shows what runs (read_env explains elsewhere).
+        env=runtime.runtime_env(directory.read_env(missing_ok=True)) if plan else None,
         verify=verify if isinstance(verify, dict) else {},
         now=now,
     )
@@ -280,6 +269,7 @@ def _status_once(app: AppContext, as_json: bool) -> None:
                 "services": [r.to_dict() for r in rows],
                 "summary": summary,
             },
+            one_line=json_lines,  # --watch --json: JSON Lines, one document per refresh
         )
         return
     if not rows:
@@ -315,9 +305,9 @@ def status(app: AppContext, as_json: bool, watch_s: float | None) -> None:
         return
     try:
         while True:
-            if sys.stdout.isatty() and not as_json:
+            if is_terminal() and not as_json:
                 click.clear()
-            _status_once(app, as_json)
+            _status_once(app, as_json, json_lines=True)
             time.sleep(watch_s)
     except KeyboardInterrupt:
         return
@@ -396,21 +386,16 @@ def restart(
     Example: qwen-deploy restart mini
     """
     from deployer import runtime
-    from deployer.spec import container_specs
 
     directory = app.deployment_dir
     plan = directory.load_plan()
     chosen = [plan.service(n).name for n in services]
     client = docker_client()
-    with directory.lock(wait_s):
-        env = runtime_env(directory.read_env())
-        specs = container_specs(plan, str(directory.path))
-        printer = ProgressPrinter(chosen or [s.name for s in plan.services])
-        _report(
-            printer,
-            plan,
-            lambda: runtime.restart(client, plan, specs, env, chosen, printer, timeout_s),
-        )
+    request = runtime.RestartRequest(directory, plan, chosen, timeout_s=timeout_s, wait_s=wait_s)
+    printer = ProgressPrinter(chosen or [s.name for s in plan.services])
+    _report(
+        _interruptible(printer, lambda: runtime.restart_deployment(client, request, printer)), plan
+    )
 
 
 COMMANDS = [up, down, status, logs, restart]
