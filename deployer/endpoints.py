@@ -32,12 +32,25 @@ def base_url_for(service: ServicePlan, host: str | None = None) -> str:
 
 
 def mask_key(key: str | None) -> str:
-    """`test-key-medium` -> `test…ium`; keys are at least 8 characters, so some stay hidden."""
+    """`test-key-medium` -> `te…um`: at most a quarter of the key shows, never more than four
+    characters, so an 8-character key keeps six of them hidden."""
     if not key:
         return "(not set)"
-    if len(key) <= 7:
-        return "…"
-    return f"{key[:4]}…{key[-3:]}"
+    shown = min(4, len(key) // 4)
+    head, tail = (shown + 1) // 2, shown // 2
+    return f"{key[:head]}…{key[len(key) - tail :] if tail else ''}"
+
+
+def py_str(value: str) -> str:
+    """A Python string literal for any text (a served name may hold quotes or newlines)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def sh_word(value: str) -> str:
+    """One shell word (base URLs carry --host, which is the user's text)."""
+    import shlex
+
+    return shlex.quote(value)
 
 
 def _shared_gpus(plan: DeploymentPlan) -> dict[int, list[str]]:
@@ -79,7 +92,7 @@ def _examples(
     def curl(extra: dict[str, Any], thinking: bool | None, *, stream: bool = False) -> str:
         flag = "curl -N" if stream else "curl"
         return (
-            f"{flag} {base_url}/chat/completions \\\n"
+            f"{flag} {sh_word(base_url + '/chat/completions')} \\\n"
             '  -H "Content-Type: application/json" \\\n'
             f"{auth_line}"
             f"  -d '{body(extra, thinking)}'"
@@ -88,13 +101,13 @@ def _examples(
     client = (
         "from openai import OpenAI\n"
         + ("" if literal or open_endpoint else "import os\n")
-        + f'\nclient = OpenAI(base_url="{base_url}", api_key={py_key})\n'
+        + f"\nclient = OpenAI(base_url={py_str(base_url)}, api_key={py_key})\n"
     )
 
     def python(target: str, max_tokens: int, thinking: bool | None, *, stream: bool = False) -> str:
         lines = [
             f"{target} = client.chat.completions.create(",
-            f'    model="{model}",',
+            f"    model={py_str(model)},",
             f'    messages=[{{"role": "user", "content": "{EXAMPLE_PROMPT}"}}],',
             f"    max_tokens={max_tokens},",
         ]
@@ -108,9 +121,9 @@ def _examples(
 
     off = False if thinks else None
     examples = {
-        "curl_models": f"curl {base_url}/models"
+        "curl_models": f"curl {sh_word(base_url + '/models')}"
         if open_endpoint
-        else f'curl -H "{header}" {base_url}/models',
+        else f'curl -H "{header}" {sh_word(base_url + "/models")}',
         "curl_chat": curl({"max_tokens": 256}, off),
         "curl_stream": curl({"max_tokens": 256, "stream": True}, off, stream=True),
         "python_openai": python("resp", 256, off) + "print(resp.choices[0].message.content)\n",

@@ -126,6 +126,9 @@ def render(
             pin_gpu_product,
         )  # fmt: skip
         return
+    from deployer.hostnet import check_binds_here
+
+    check_binds_here(planned.plan)  # the directory is on this host: so are its ports
     directory = app.deployment_dir
     with directory.lock():
         keys = resolve_api_keys(
@@ -135,10 +138,14 @@ def render(
             os.environ,
             allow_unauthenticated,
         )
-        warn_unauthenticated(planned.plan)
         directory.write_files(render_files(planned.plan, str(directory.path), keys))
+    # The same notes as `plan` and `up` (an open bind, a shared GPU), once the files are there.
+    for warning in planned.plan.warnings:
+        click.echo(f"note: {warning}", err=True)
+    warn_unauthenticated(planned.plan)
     click.echo(f"wrote {directory.path}/compose.yaml, .env and plan.json")
-    click.echo(f"start it with: docker compose --project-directory {directory.path} up -d")
+    # Both compose versions find compose.yaml, and the project name in .env, from there.
+    click.echo(f"start it with: cd {directory.path} && docker compose up -d (or docker-compose)")
 
 
 COMMANDS = [plan, render]

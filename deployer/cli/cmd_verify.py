@@ -128,6 +128,7 @@ def verify(
     show_default=True,
     help="Markdown usage guide, or the same content as JSON.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the same as --format json).")
 @click.option("--show-keys", is_flag=True, help="Print the API keys in full (masked otherwise).")
 @click.option(
     "--host",
@@ -136,7 +137,9 @@ def verify(
     "127.0.0.1 when it binds every interface].",
 )
 @pass_app
-def endpoints(app: AppContext, fmt: str, show_keys: bool, host: str | None) -> None:
+def endpoints(
+    app: AppContext, fmt: str, as_json: bool, show_keys: bool, host: str | None
+) -> None:
     """Print the usage guide of the deployment: URLs, models, keys, examples, advice.
 
     Example: qwen-deploy endpoints --format markdown > ENDPOINTS.md
@@ -146,7 +149,7 @@ def endpoints(app: AppContext, fmt: str, show_keys: bool, host: str | None) -> N
     directory = app.deployment_dir
     env_file = str(directory.file(ENV_FILE))
     guide = endpoints_guide(directory.load_plan(), directory.read_env(), show_keys, host, env_file)
-    if fmt == "json":
+    if fmt == "json" or as_json:
         print_json("endpoints", guide)
     else:
         click.echo(to_markdown(guide), nl=False)

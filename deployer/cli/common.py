@@ -4,6 +4,7 @@ that `--help` and `status` start fast."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -222,9 +223,13 @@ def json_document(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
     return {**document, **payload}
 
 
-def print_json(kind: str, data: Mapping[str, Any]) -> None:
-    """Every --json document carries its kind and a schema version."""
-    click.echo(json.dumps(json_document(kind, data), indent=2))
+def print_json(kind: str, data: Mapping[str, Any], one_line: bool = False) -> None:
+    """Every --json document carries its kind and a schema version. one_line: a JSON Lines
+    record (for a stream of documents, as `status --watch --json` prints)."""
+    document = json_document(kind, data)
+    click.echo(
+        json.dumps(document, separators=(",", ":")) if one_line else json.dumps(document, indent=2)
+    )
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:
@@ -249,3 +254,23 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
         cells = [c + " " * (widths[i] - len(click.unstyle(c))) for i, c in enumerate(row)]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def json_requested(args: list[str]) -> bool:
+    """Whether the command line asks for JSON (`--json`, or `--format json`), so that an error
+    is a JSON document on stdout too and `… --json | jq` never reads an empty stream."""
+    words = args[: args.index("--")] if "--" in args else args
+    if "--json" in words or "--format=json" in words:
+        return True
+    return any(pair == ("--format", "json") for pair in itertools.pairwise(words))
+
+
+def print_json_error(message: str, hint: str | None, code: int) -> None:
+    """The error as a --json document on stdout (the `error:` line still goes to stderr)."""
+    from deployer.errors import ExitCode
+
+    name = ExitCode(code).name.lower() if code in ExitCode._value2member_map_ else "error"
+    document = json_document(
+        "error", {"error": {"message": message, "hint": hint, "exit_code": code, "class": name}}
+    )
+    click.echo(json.dumps(document, indent=2))

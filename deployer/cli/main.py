@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from deployer import __version__
-from deployer.cli.common import AppContext
+from deployer.cli.common import AppContext, json_requested, print_json_error
 from deployer.errors import DeployError, ExitCode
 
 
@@ -125,10 +125,13 @@ class DeployGroup(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # Read before click consumes them: with --json an error is a JSON document too.
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        ctx.meta["qwen_deploy.json"] = json_requested(args)
         try:
             return super().invoke(ctx)
         except DeployError as exc:
-            self._fail(ctx, f"error: {exc}", exc.exit_code)
+            self._fail(ctx, f"error: {exc}", exc.exit_code, exc.message, exc.hint)
         except KeyboardInterrupt:
             self._fail(ctx, "interrupted", ExitCode.INTERRUPTED)
         except BrokenPipeError:  # `qwen-deploy plan | head`: the reader left, not an error
@@ -163,10 +166,18 @@ class DeployGroup(click.Group):
             raise click.exceptions.Exit(ExitCode.USAGE) from None
 
     @staticmethod
-    def _fail(ctx: click.Context, message: str, code: int) -> None:
+    def _fail(
+        ctx: click.Context,
+        message: str,
+        code: int,
+        text: str | None = None,
+        hint: str | None = None,
+    ) -> None:
         obj = ctx.find_object(AppContext)
         if obj is not None and obj.debug:
             traceback.print_exc()
+        if ctx.meta.get("qwen_deploy.json"):
+            print_json_error(text or message.removeprefix("error: "), hint, int(code))
         click.echo(message, err=True)
         ctx.exit(code)
 

@@ -53,9 +53,14 @@ def tier(guide: dict[str, Any], name: str) -> dict[str, Any]:
     return next(t for t in guide["tiers"] if t["service"] == name)
 
 
-def test_mask_key_keeps_four_first_and_three_last_characters() -> None:
-    assert mask_key("test-key-medium") == "test…ium"
-    assert mask_key("12345678") == "1234…678"
+def test_mask_key_shows_at_most_a_quarter_and_never_more_than_four_characters() -> None:
+    assert mask_key("test-key-medium") == "te…m"  # 15 characters: 3 shown
+    assert mask_key("12345678") == "1…8"  # the shortest key: 2 of 8 shown
+    assert mask_key("k" * 43).count("k") == 4  # a generated key: 4 of 43
+    for n in range(8, 257):
+        key = "".join(chr(ord("a") + i % 26) for i in range(n))
+        shown = len(mask_key(key)) - 1
+        assert shown <= min(4, n // 4), (n, mask_key(key))
     assert mask_key("") == "(not set)"
     assert mask_key(None) == "(not set)"
 
@@ -69,7 +74,7 @@ def test_guide_lists_every_tier_with_url_model_context_and_masked_key(
     assert medium["base_url"] == "http://127.0.0.1:5002/v1"
     assert medium["model"] == "Qwen/Qwen3-32B-AWQ"
     assert medium["context_length"] == 32768
-    assert medium["api_key"] == "test…ium"
+    assert medium["api_key"] == "te…m"
     assert tier(guide, "mini")["base_url"] == "http://127.0.0.1:5001/v1"
     assert tier(guide, "micro")["model"] == "Qwen/Qwen3-1.7B-FP8"
     assert tier(guide, "micro")["context_length"] == 16384
@@ -122,7 +127,7 @@ def test_markdown_has_curl_openai_streaming_and_thinking_examples(
     assert "stream=True" in text and "curl -N" in text
     assert '"enable_thinking": false' in text and '"enable_thinking": True' in text
     assert (
-        "| mini | `Qwen/Qwen3-8B-AWQ` | `http://127.0.0.1:5001/v1` | 32768 | `test…ini` |" in text
+        "| mini | `Qwen/Qwen3-8B-AWQ` | `http://127.0.0.1:5001/v1` | 32768 | `te…i` |" in text
     )
     assert "set -a; . /d/.env; set +a" in text
     assert "## Operational advice" in text
@@ -173,7 +178,7 @@ def test_endpoints_command_prints_markdown_and_json(
     result = runner.invoke(cli, ["--home", str(tmp_path), "endpoints"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("# Endpoints of deployment `qwen3`")
-    assert "test…ium" in result.output and "test-key-medium" not in result.output
+    assert "te…m" in result.output and "test-key-medium" not in result.output
     assert f"set -a; . {path / ENV_FILE}; set +a" in result.output
     as_json = runner.invoke(
         cli, ["--home", str(tmp_path), "endpoints", "--format", "json", "--show-keys"]
