@@ -23,7 +23,7 @@ from deployer.planner import DeploymentPlan, ServicePlan
 from deployer.profiles import PROFILES_DIR, load_profile
 from deployer.spec import vllm_args
 from tests.helpers import tri_tier_plan
-from tests.integration.conftest import StartStandin
+from tests.helpers.standin import StartStandin
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +216,65 @@ def test_mixed_load_runs_the_tiers_at_once(
     report = (run_dir / "report.md").read_text()
     assert "## Mixed load" in report and "shares a GPU with micro" in report
     assert {"mini.png", "micro.png"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_request_rate_goodput_sharegpt_and_vllm_json_against_a_paced_standin(
+    tmp_path: Path, standin: StartStandin, tri_tier: DeploymentPlan
+) -> None:
+    """Open-loop arrivals, an SLO, ShareGPT prompts and vLLM's JSON, with known figures: the
+    stand-in spaces tokens 10 ms apart, so TPOT and ITL are 10 ms and every SLO of 500 ms TTFT
+    and 50 ms TPOT is met, one of 1 ms TTFT never."""
+    micro = start(standin, tri_tier.service("micro"), PACED)
+    deploy(tmp_path, tri_tier, [micro])
+    common = ("-p", "32", "--max-tokens", "8", "--requests-per-point", "8", "--json")
+    result = invoke(
+        tmp_path,
+        "bench",
+        "micro",
+        "--request-rate",
+        "20",
+        "--max-concurrency",
+        "4",
+        "--slo",
+        "ttft=500ms,tpot=50ms",
+        *common,
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    (point,) = [Point.from_dict(p) for p in data["points"]]
+    assert point.rate == 20 and point.concurrency == 4 and point.ok == 8
+    assert point.label == "micro solo c=4 prompt=32 rate=20/s"
+    assert point.duration_s >= 0.9 * 8 / 20  # 8 arrivals at 20/s span 0.4 s
+    assert point.completion_tokens == 8  # ignore_eos: exactly max_tokens
+    assert point.tpot_ms.p50 is not None and 8.0 <= point.tpot_ms.p50 <= 14.0
+    assert point.slo_met == 1.0 and point.goodput_rps == pytest.approx(point.request_rate, 0.01)
+    assert data["options"]["slo"] == {"ttft_ms": 500.0, "tpot_ms": 50.0}
+    run_dir = Path(data["run_dir"])
+    (vllm_file,) = (run_dir / "vllm").iterdir()
+    doc = json.loads(vllm_file.read_text())
+    assert doc["request_rate"] == 20 and doc["max_concurrency"] == 4 and doc["completed"] == 8
+    assert doc["output_lens"] == [8] * 8
+    assert 8.0 <= doc["median_itl_ms"] <= 14.0 and 8.0 <= doc["median_tpot_ms"] <= 14.0
+    assert doc["median_ttft_ms"] == pytest.approx(point.ttft_ms.p50, abs=0.05)
+    assert "## Goodput" in (run_dir / "report.md").read_text()
+
+    strict = invoke(tmp_path, "bench", "micro", "-c", "1,2", "--slo", "ttft=1ms", *common[:-1])
+    assert strict.exit_code == 0, strict.output
+    assert "misses the SLO already at 1 concurrent requests (0% of requests met it" in strict.output
+
+    conversations = [
+        {
+            "conversations": [
+                {"from": "human", "value": f"question {i} " * (3 + i)},
+                {"from": "gpt", "value": "a"},
+            ]
+        }
+        for i in range(3)
+    ]
+    dataset = tmp_path / "sharegpt.json"
+    dataset.write_text(json.dumps(conversations))
+    result = invoke(tmp_path, "bench", "micro", "-c", "2", "--dataset", str(dataset), *common)
+    assert result.exit_code == 0, result.output
+    (point,) = [Point.from_dict(p) for p in json.loads(result.output)["points"]]
+    assert point.dataset == "sharegpt" and point.label == "micro solo c=2 prompt=sharegpt"
+    assert point.ok == 8 and point.prompt_tokens is not None and point.prompt_tokens > 7
