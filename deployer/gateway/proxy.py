@@ -228,7 +228,11 @@ class Gateway:
         if client.status.state is not TierState.READY:
             raise client.unavailable()
         gate = self.gates[client.tier.group]
-        await gate.acquire()
+        try:
+            await gate.acquire()
+        except ApiError as exc:
+            exc.tier = name
+            raise
         lease = Lease([gate.release])
         in_flight = self.metrics.in_flight.labels(name, call.key.name)
         in_flight.inc()
