@@ -28,7 +28,6 @@ from deployer.runtime.operations import (
     up_dry_run,
 )
 from deployer.runtime.preflight import (
-    CUDA_CONTEXT_BYTES,
     MemoryProbe,
     memory_shortfall,
     nvml_probe,
@@ -50,7 +49,6 @@ from deployer.runtime.status import (
 )
 
 __all__ = [
-    "CUDA_CONTEXT_BYTES",
     "STOP_TIMEOUT_S",
     "Action",
     "ActionKind",

@@ -4,7 +4,6 @@ need be), and, before each start, enough free GPU memory."""
 from __future__ import annotations
 
 import errno
-import math
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,18 +12,14 @@ import docker
 import docker.errors
 
 from deployer.errors import DeployFailed
-from deployer.gpus import GIB, MIB, GpuInventory
-from deployer.planner import DeploymentPlan, ServicePlan
+from deployer.gpus import GIB, GpuInventory
+from deployer.planner import DeploymentPlan, ServicePlan, requested_bytes, usable_room_bytes
 from deployer.runtime.convergence import Action, converge_actions
 from deployer.runtime.engine_errors import docker_errors, explanation
 from deployer.runtime.observed import local_image_ids, observe
 from deployer.runtime.progress import Progress, ProgressCallback
 from deployer.runtime.states import ActionKind, Stage
 from deployer.spec import LABEL_PROJECT, ContainerSpec
-
-# vLLM creates its CUDA context (a few hundred MiB) before it compares free memory with its
-# request, so the request alone is not enough to start.
-CUDA_CONTEXT_BYTES = 512 * MIB
 
 MemoryProbe = Callable[[], GpuInventory | None]
 
@@ -56,23 +51,27 @@ def probe_for(plan: DeploymentPlan, probe: MemoryProbe | None) -> MemoryProbe | 
 
 
 def memory_shortfall(service: ServicePlan, inventory: GpuInventory) -> str | None:
-    """Why `service` cannot start on the GPUs as they are now, with numbers; None if it can."""
+    """Why `service` cannot start on the GPUs as they are now, with numbers; None if it can.
+    The planner's rule: its request must fit the room free memory leaves once its process's
+    CUDA context (and NCCL with TP > 1) is set aside."""
     problems = []
     for index in service.gpus:
         gpu = next((g for g in inventory.gpus if g.index == index), None)
         if gpu is None:
             problems.append(f"GPU {index} is not there (NVML sees {inventory.indices_text()})")
             continue
-        asked = math.ceil(gpu.total_bytes * service.gpu_memory_utilization)
-        if gpu.free_bytes >= asked + CUDA_CONTEXT_BYTES:
+        asked = requested_bytes(gpu, service.gpu_memory_utilization)
+        room = usable_room_bytes(gpu, tensor_parallel_sizes=[service.tensor_parallel_size])
+        if asked <= room:
             continue
+        context = max(0, gpu.free_bytes - room)
         users = ", ".join(
             f"{p.name}[{p.pid}] {p.used_memory_mib / 1024:.1f} GiB" for p in gpu.processes
         )
         problems.append(
             f"GPU {index} has {gpu.free_bytes / GIB:.1f} GiB free of {gpu.total_bytes / GIB:.1f} "
             f"GiB; {service.name} asks {asked / GIB:.1f} GiB (gpu_memory_utilization "
-            f"{service.gpu_memory_utilization:g}) + {CUDA_CONTEXT_BYTES / GIB:.1f} GiB CUDA "
+            f"{service.gpu_memory_utilization:g}) + {context / GIB:.1f} GiB CUDA "
             "context" + (f"; in use by {users}" if users else "")
         )
     return "; ".join(problems) or None
