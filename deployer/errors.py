@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     VERIFY = 8
     STATE = 9
     LOCKED = 10
+    NAME_TAKEN = 11
     INTERRUPTED = 130
 
 
@@ -93,3 +94,10 @@ class TargetUnsupported(DeployError):
     change. Exits like a plan that does not fit: nothing was written or started."""
 
     exit_code = ExitCode.PLAN
+
+
+class NameTaken(DeployError):
+    """Containers of another docker-compose project (not qwen-deploy's) carry the deployment's
+    name; `up` refuses to share the compose project with them unless asked."""
+
+    exit_code = ExitCode.NAME_TAKEN
