@@ -72,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("/v1/models", "GET"),
         ("/v1/chat/completions", "POST"),
         ("/v1/completions", "POST"),
+        ("/tokenize", "POST"),
+        ("/detokenize", "POST"),
     ):
         log("INFO", "launcher.py:197", f"Route: {route}, Methods: {methods}")
     log_uvicorn("info", f"Started server process [{os.getpid()}]")

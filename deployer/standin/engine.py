@@ -7,7 +7,31 @@ import time
 from collections.abc import Callable
 
 from .generation import Generation
+from .logger import log
 from .settings import Settings
+
+POLL_SECONDS = 0.02  # how often a waiting or prefilling request looks for its client
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the response was complete."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _sleep(seconds: float, cancelled: Callable[[], bool]) -> None:
+    """Sleep, looking every POLL_SECONDS (and at the end) whether the client is gone."""
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(min(POLL_SECONDS, remaining))
+        if cancelled():
+            raise ClientGone
+        if remaining <= POLL_SECONDS:
+            return
 
 
 class Engine:
@@ -27,12 +51,17 @@ class Engine:
         self._interval_prompt = 0
         self._interval_generation = 0
 
-    def acquire(self, tokens: int) -> None:
+    def acquire(self, tokens: int, cancelled: Callable[[], bool] = _never) -> None:
+        """Wait for a running slot (max_num_seqs); ClientGone if the client leaves meanwhile."""
         with self.cv:
             self.waiting += 1
-            while self.running >= self.settings.max_num_seqs:
-                self.cv.wait()
-            self.waiting -= 1
+            try:
+                while self.running >= self.settings.max_num_seqs:
+                    self.cv.wait(timeout=POLL_SECONDS)
+                    if cancelled():
+                        raise ClientGone
+            finally:
+                self.waiting -= 1
             self.running += 1
             self.running_tokens += tokens
             self.prompt_tokens_total += tokens
@@ -47,26 +76,61 @@ class Engine:
             self.success[reason] = self.success.get(reason, 0) + 1
             self.cv.notify()
 
-    def run(self, prompt_tokens: int, generation: Generation, emit: Callable[[int], None]) -> str:
-        """Hold a running slot and pace the tokens; emit(i) is called as token i is produced."""
+    def prefill_seconds(self, prompt_tokens: int) -> float:
+        """Time to the first token: a fixed part plus the prompt at the prefill rate."""
         settings = self.settings
-        self.acquire(prompt_tokens)
-        reason = "abort"
+        rate = settings.prefill_tokens_per_second
+        return settings.ttft_seconds + (prompt_tokens / rate if rate > 0 else 0.0)
+
+    def run(
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        generation: Generation,
+        emit: Callable[[int], None],
+        cancelled: Callable[[], bool] = _never,
+    ) -> str:
+        """Hold a running slot and pace the tokens; emit(i) is called as token i is produced.
+
+        A client that goes away (cancelled() turns true, or emit cannot write) aborts the
+        request as vLLM does: finished_reason "abort" in the metrics and, with
+        --enable-log-requests, AsyncLLM's two log lines.
+        """
+        settings = self.settings
+        log_requests = bool(settings.args.enable_log_requests)
+        try:
+            self.acquire(prompt_tokens, cancelled)
+        except ClientGone:
+            self._aborted(request_id, log_requests)
+            with self.cv:
+                self.success["abort"] += 1
+            raise
+        if log_requests:
+            log("INFO", "async_llm.py:376", f"Added request {request_id}.")
+        reason, produced = "abort", 0
         try:
             if "slow" in settings.faults:
-                time.sleep(float(settings.faults["slow"] or 1))
-            time.sleep(settings.ttft_seconds)
+                _sleep(float(settings.faults["slow"] or 1), cancelled)
+            _sleep(self.prefill_seconds(prompt_tokens), cancelled)
             per_token = 1.0 / settings.tokens_per_second if settings.tokens_per_second > 0 else 0
             start = time.monotonic()
             for i in range(generation.completion_tokens):
-                delay = start + i * per_token - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
+                _sleep(start + i * per_token - time.monotonic(), cancelled)
                 emit(i)
+                produced = i + 1
             reason = generation.finish_reason
             return reason
+        except (ClientGone, BrokenPipeError, ConnectionResetError):
+            self._aborted(request_id, log_requests)
+            raise
         finally:
-            self.release(prompt_tokens, generation.completion_tokens, reason)
+            self.release(prompt_tokens, produced, reason)
+
+    @staticmethod
+    def _aborted(request_id: str, log_requests: bool) -> None:
+        if log_requests:  # vllm/v1/engine/async_llm.py: abort(), then generate()'s handler
+            log("INFO", "async_llm.py:757", f"Aborted request(s) {request_id}.")
+            log("INFO", "async_llm.py:560", f"Request {request_id} aborted.")
 
     def stats_line(self, interval: float) -> str | None:
         with self.cv:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 CHAT_TEMPLATE_TOKENS_PER_MESSAGE = 4  # <|im_start|> role \n ... <|im_end|> \n
@@ -70,10 +70,11 @@ class Piece:
 
 @dataclass(frozen=True)
 class Generation:
-    """The tokens a request produces, and why it stopped."""
+    """The tokens a request produces, and why it stopped (stop_reason: the stop string hit)."""
 
     pieces: tuple[Piece, ...]
     finish_reason: str
+    stop_reason: str | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -88,12 +89,94 @@ class Generation:
         return joined or None
 
 
+@dataclass(frozen=True)
+class StopConditions:
+    """When generation ends, as SamplingParams says it (vllm/v1/core/sched/utils.py::check_stop
+    and the detokenizer's stop strings)."""
+
+    max_tokens: int
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
+    include_stop_str_in_output: bool = False
+
+
+def find_stop(
+    text: str, new_chars: int, stop: Sequence[str], include: bool
+) -> tuple[str, int] | None:
+    """vllm/v1/engine/detokenizer.py::check_stop_strings: (stop string, cut at) or None.
+
+    Only the new characters (and a stop string's length before them) are searched; the cut is
+    where the text ends (-1: no cut)."""
+    if not new_chars or not stop:
+        return None
+    for stop_str in stop:
+        index = text.find(stop_str, max(0, len(text) + 1 - new_chars - len(stop_str)))
+        if index == -1:
+            continue
+        if include:
+            index += len(stop_str)
+            if index >= len(text):
+                return stop_str, -1
+        return stop_str, index
+    return None
+
+
+def _cut(pieces: list[Piece], at: int) -> tuple[Piece, ...]:
+    """The same tokens with their text ending at character `at` of the joined text."""
+    out, seen = [], 0
+    for piece in pieces:
+        keep = max(0, min(len(piece.text), at - seen))
+        seen += len(piece.text)
+        out.append(Piece(piece.channel, piece.text[:keep], piece.thought))
+    return tuple(out)
+
+
+def decode(natural: Iterator[Piece], more: Iterator[Piece], cond: StopConditions) -> Generation:
+    """Run the model's tokens through vLLM's stop checks.
+
+    natural: what the model says before it would sample EOS; more: what it says when EOS is
+    masked (ignore_eos, or fewer than min_tokens so far). max_tokens ends first; stop strings
+    count only after min_tokens.
+    """
+    pieces: list[Piece] = []
+    text = ""
+    source, eos = natural, False
+    while True:
+        # check_stop looks at the length before EOS (a natural end exactly at max_tokens
+        # stays "stop", as the stand-in has always answered)
+        if eos and len(pieces) >= cond.max_tokens:
+            return Generation(tuple(pieces), "length")
+        piece = None if eos else next(source, None)
+        if piece is None:  # the model samples EOS here, and again after each masked one
+            eos = True
+            if not cond.ignore_eos and len(pieces) >= cond.min_tokens:
+                return Generation(tuple(pieces), "stop")
+            source = more
+            piece = next(source)
+        if len(pieces) >= cond.max_tokens:
+            return Generation(tuple(pieces), "length")
+        pieces.append(piece)
+        text += piece.text
+        if cond.stop and len(pieces) > cond.min_tokens:
+            hit = find_stop(text, len(piece.text), cond.stop, cond.include_stop_str_in_output)
+            if hit is not None:
+                stop_str, at = hit
+                return Generation(_cut(pieces, at) if at != -1 else tuple(pieces), "stop", stop_str)
+
+
 def answer_words(prompt_text: str, answer_tokens: int | None = None) -> list[str]:
     """The deterministic answer for a prompt: it quotes the prompt's first words."""
     words = ["Stand-in", "reply", "to:", *prompt_text.split()[:32]]
     if answer_tokens is not None:
         words = list(itertools.islice(itertools.cycle(words), max(0, answer_tokens)))
     return words
+
+
+def continuation(prompt_text: str) -> Iterator[Piece]:
+    """What the model keeps saying past its answer when EOS is masked."""
+    words = ["Stand-in", "reply", "to:", *prompt_text.split()[:32]]
+    return (Piece("content", " " + w) for w in itertools.cycle(words))
 
 
 def thinking_words(prompt_text: str) -> Iterator[str]:
@@ -110,13 +193,15 @@ def generate_chat(
     reasoning_parser: bool,
     thinking_tokens: int,
     answer_tokens: int | None = None,
+    stop: StopConditions | None = None,
 ) -> Generation:
-    """What a Qwen3 model 'says' (only the first max_tokens tokens are built).
+    """What a Qwen3 model 'says' (only the tokens up to the stop are built).
 
     Thinking: `<think>`, thinking_tokens words, `</think>`, then the answer. With the qwen3
     reasoning parser the thinking goes to the reasoning channel (tags dropped); without it, it
     stays inline in the content. Thinking counts against max_tokens, so a small max_tokens ends
-    inside the thinking with no content and finish_reason "length".
+    inside the thinking with no content and finish_reason "length". `stop` (its max_tokens is
+    replaced by the argument) adds min_tokens, ignore_eos and stop strings.
     """
 
     def tokens() -> Iterator[Piece]:
@@ -132,16 +217,19 @@ def generate_chat(
             prefix = ("\n\n" if thinking else "") if i == 0 else " "
             yield Piece("content", prefix + word)
 
-    pieces = tuple(itertools.islice(tokens(), max(0, max_tokens) + 1))
-    if len(pieces) > max_tokens:
-        return Generation(pieces[:max_tokens], "length")
-    return Generation(pieces, "stop")
+    cond = replace(stop or StopConditions(max_tokens), max_tokens=max(0, max_tokens))
+    return decode(tokens(), continuation(prompt_text), cond)
 
 
 def generate_completion(
-    prompt_text: str, *, max_tokens: int, answer_tokens: int | None
+    prompt_text: str,
+    *,
+    max_tokens: int,
+    answer_tokens: int | None,
+    stop: StopConditions | None = None,
 ) -> Generation:
     """/v1/completions: the answer words continue the prompt (no chat template, no thinking)."""
     words = answer_words(prompt_text, answer_tokens)
-    pieces = tuple(Piece("content", " " + w) for w in words[:max_tokens])
-    return Generation(pieces, "length" if len(words) > max_tokens else "stop")
+    natural = (Piece("content", " " + w) for w in words)
+    cond = replace(stop or StopConditions(max_tokens), max_tokens=max(0, max_tokens))
+    return decode(natural, continuation(prompt_text), cond)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import select
+import socket
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from . import responses, serving
+from . import serving_tokenization as tokenization
 from .engine import Engine
 from .logger import log, log_uvicorn
 from .protocol import RequestError, parse_body
@@ -82,6 +85,14 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
+    def client_gone(self) -> bool:
+        """True when the client closed the connection (it sends nothing while it waits)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
     def _body(self) -> dict[str, Any]:
         return parse_body(self._raw, self.headers.get("content-type"))
 
@@ -126,6 +137,8 @@ class Handler(BaseHTTPRequestHandler):
             "/v1/models": {"GET": self._models},
             "/v1/chat/completions": {"POST": lambda: serving.chat(engine, self._body(), self)},
             "/v1/completions": {"POST": lambda: serving.completions(engine, self._body(), self)},
+            "/tokenize": {"POST": lambda: tokenization.tokenize(engine, self._body(), self)},
+            "/detokenize": {"POST": lambda: tokenization.detokenize(engine, self._body(), self)},
         }
         try:
             if not self._authorized():

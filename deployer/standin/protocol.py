@@ -6,6 +6,8 @@ import json
 import re
 from typing import Any
 
+from .generation import StopConditions
+
 
 class RequestError(Exception):
     """An OpenAI-style error response."""
@@ -287,3 +289,79 @@ def completion_prompt(body: dict[str, Any]) -> str:
         string_type = {**list_type, "type": "string_type", "msg": "Input should be a valid string"}
         raise validation_error([list_type, list_type, string_type, list_type], "body.prompt")
     return prompt
+
+
+_TRUE = {"true", "1", "yes", "on", "t", "y"}
+_FALSE = {"false", "0", "no", "off", "f", "n"}
+
+
+def _bool_field(body: dict[str, Any], key: str) -> bool | None:
+    """An optional bool field with pydantic's lax coercion (1, "true", "yes" are accepted)."""
+    value = body.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, (str, int, float)):
+        msg = "Input should be a valid boolean, unable to interpret input"
+        raise field_error(key, "bool_parsing", msg, value)
+    raise field_error(key, "bool_type", "Input should be a valid boolean", value)
+
+
+def _stop_strings(body: dict[str, Any]) -> tuple[str, ...]:
+    """`stop`: str | list[str] | None, as SamplingParams keeps it (a list of strings)."""
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        string_type = {
+            "type": "string_type",
+            "loc": "body.stop.str",
+            "msg": "Input should be a valid string",
+            "input": stop,
+        }
+        list_type = {
+            **string_type,
+            "type": "list_type",
+            "loc": "body.stop.list[str]",
+            "msg": "Input should be a valid list",
+        }
+        raise validation_error([string_type, list_type], "body.stop")
+    if any(s == "" for s in stop):
+        raise RequestError(
+            400, "stop cannot contain an empty string. (parameter=stop)", "BadRequestError", "stop"
+        )
+    return tuple(stop)
+
+
+def stop_conditions(body: dict[str, Any], max_tokens: int) -> StopConditions:
+    """ignore_eos, min_tokens, stop and include_stop_str_in_output, checked like
+    SamplingParams._verify_args against the request's (clamped) max_tokens."""
+    min_tokens = _int_field(body, "min_tokens") or 0
+    if min_tokens < 0:
+        raise RequestError(
+            400,
+            f"min_tokens must be greater than or equal to 0, got {min_tokens}. "
+            f"(parameter=min_tokens, value={min_tokens})",
+            "BadRequestError",
+            "min_tokens",
+        )
+    if min_tokens > max_tokens:
+        raise RequestError(
+            400,
+            f"min_tokens must be less than or equal to max_tokens={max_tokens}, got "
+            f"{min_tokens}. (parameter=min_tokens, value={min_tokens})",
+            "BadRequestError",
+            "min_tokens",
+        )
+    return StopConditions(
+        max_tokens=max_tokens,
+        min_tokens=min_tokens,
+        ignore_eos=bool(_bool_field(body, "ignore_eos")),
+        stop=_stop_strings(body),
+        include_stop_str_in_output=bool(_bool_field(body, "include_stop_str_in_output")),
+    )

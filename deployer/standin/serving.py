@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import process, responses
-from .engine import Engine
+from .engine import ClientGone, Engine
 from .generation import (
     Generation,
     chat_prompt_text,
@@ -30,6 +31,7 @@ from .protocol import (
     completion_prompt,
     include_usage,
     max_tokens,
+    stop_conditions,
 )
 
 
@@ -45,6 +47,8 @@ class Responder(Protocol):
     def event(self, payload: Any) -> None: ...
 
     def end_stream(self) -> None: ...
+
+    def client_gone(self) -> bool: ...
 
 
 class StreamCut(Exception):
@@ -68,6 +72,24 @@ def _after_chat(engine: Engine) -> None:
         served = engine.chat_served
     if served >= int(faults["die_after"] or 1):
         process.die_after_requests(served)
+
+
+def _run(
+    engine: Engine,
+    out: Responder,
+    request_id: str,
+    prompt_tokens: int,
+    generation: Generation,
+    emit: Callable[[int], None],
+) -> bool:
+    """Run the request in the engine; False when the client went away (the engine aborted it
+    and nothing more is written)."""
+    try:
+        engine.run(request_id, prompt_tokens, generation, emit, out.client_gone)
+    except (ClientGone, BrokenPipeError, ConnectionResetError):
+        out.close_connection = True
+        return False
+    return True
 
 
 def chat(engine: Engine, body: dict[str, Any], out: Responder) -> None:
@@ -97,6 +119,7 @@ def chat(engine: Engine, body: dict[str, Any], out: Responder) -> None:
         reasoning_parser=settings.args.reasoning_parser in ("qwen3", "deepseek_r1"),
         thinking_tokens=settings.thinking_tokens,
         answer_tokens=settings.answer_tokens,
+        stop=stop_conditions(body, limit),
     )
     prompt_text = (
         chat_prompt_text(messages, enable_thinking)
@@ -112,13 +135,18 @@ def chat(engine: Engine, body: dict[str, Any], out: Responder) -> None:
         )
     else:
         n = max(1, _int_field(body, "n") or 1)
-        engine.run(prompt_tokens, generation, lambda i: None)
+        if not _run(engine, out, request_id, prompt_tokens, generation, lambda i: None):
+            return
         content = generation.text("content")
         if "empty_content" in settings.faults:
             content = ""
         choices = [
             responses.chat_choice(
-                i, content, generation.text("reasoning"), generation.finish_reason, None
+                i,
+                content,
+                generation.text("reasoning"),
+                generation.finish_reason,
+                generation.stop_reason,
             )
             for i in range(n)
         ]
@@ -168,17 +196,28 @@ def _chat_stream(
                 model,
                 delta,
                 finish,
-                None,
+                generation.stop_reason if finish else None,
                 running_usage(tokens),
                 fingerprint,
             )
         )
 
+    role_sent = False
+
+    def role_chunk() -> None:
+        # serving_chat.py sends the role with the first engine output (the first token).
+        nonlocal role_sent
+        role_sent = True
+        out.event(
+            responses.chat_role_chunk(request_id, created, model, running_usage(0), prompt_text)
+        )
+
     out.start_stream()
-    out.event(responses.chat_role_chunk(request_id, created, model, running_usage(0), prompt_text))
     last = generation.completion_tokens - 1
 
     def emit(i: int) -> None:
+        if not role_sent:
+            role_chunk()
         if i == cut:
             raise StreamCut
         piece = generation.pieces[i]
@@ -187,14 +226,14 @@ def _chat_stream(
             token_chunk({piece.channel: piece.text} if piece.text else {}, i + 1, finish)
 
     try:
-        engine.run(prompt_tokens, generation, emit)
+        if not _run(engine, out, request_id, prompt_tokens, generation, emit):
+            return
     except StreamCut:
         out.end_stream()
         out.close_connection = True
         return
-    except (BrokenPipeError, ConnectionResetError):
-        out.close_connection = True
-        return
+    if not role_sent:
+        role_chunk()
     if generation.completion_tokens == 0:
         token_chunk({}, 0, generation.finish_reason)
     if final_usage:
@@ -228,12 +267,18 @@ def completions(engine: Engine, body: dict[str, Any], out: Responder) -> None:
     )
     if body.get("max_tokens") is None:
         limit = min(limit, 16)  # CompletionRequest.max_tokens defaults to 16
-    generation = generate_completion(prompt, max_tokens=limit, answer_tokens=settings.answer_tokens)
+    generation = generate_completion(
+        prompt,
+        max_tokens=limit,
+        answer_tokens=settings.answer_tokens,
+        stop=stop_conditions(body, limit),
+    )
     request_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model = settings.served_names[0]
     if not body.get("stream"):
-        engine.run(prompt_tokens, generation, lambda i: None)
+        if not _run(engine, out, request_id, prompt_tokens, generation, lambda i: None):
+            return
         usage = responses.usage_info(prompt_tokens, generation.completion_tokens, None)
         out.json(
             200,
@@ -243,7 +288,7 @@ def completions(engine: Engine, body: dict[str, Any], out: Responder) -> None:
                 model,
                 generation.text("content") or "",
                 generation.finish_reason,
-                None,
+                generation.stop_reason,
                 usage,
                 settings.fingerprint,
             ),
@@ -268,16 +313,13 @@ def completions(engine: Engine, body: dict[str, Any], out: Responder) -> None:
                 model,
                 generation.pieces[i].text,
                 finish,
-                None,
+                generation.stop_reason if finish else None,
                 usage,
                 fingerprint,
             )
         )
 
-    try:
-        engine.run(prompt_tokens, generation, emit)
-    except (BrokenPipeError, ConnectionResetError):
-        out.close_connection = True
+    if not _run(engine, out, request_id, prompt_tokens, generation, emit):
         return
     if final_usage:
         usage = responses.usage_info(prompt_tokens, generation.completion_tokens, None)

@@ -53,6 +53,7 @@ class Settings:
     default_sampling: dict[str, Any]
     fingerprint: str
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    prefill_tokens_per_second: float = 0.0  # 0: the prompt's length does not matter
 
 
 def env_float(env: dict[str, str], key: str, default: float) -> float:

@@ -407,6 +407,7 @@ def startup(argv: Sequence[str], env: dict[str, str]) -> tuple[Settings, str, in
         answer_tokens=int(answer) if answer else None,
         tokens_per_second=env_float(env, "STANDIN_TOKENS_PER_SECOND", 200),
         ttft_seconds=env_float(env, "STANDIN_TTFT_MS", 20) / 1000,
+        prefill_tokens_per_second=env_float(env, "STANDIN_PREFILL_TOKENS_PER_SECOND", 10000),
         kv_tokens=kv_tokens,
         default_sampling=diff,
         fingerprint=fingerprint,

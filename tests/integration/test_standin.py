@@ -4,6 +4,7 @@ real HTTP)."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from typing import Any
@@ -458,3 +459,67 @@ def test_fault_broken_stream(standin: StartStandin) -> None:
     assert events, response.text
     assert "[DONE]" not in events
     assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events)
+
+
+# -- issue 12: generation length, first-chunk timing, tokenizer, aborts ----------------------
+
+
+def test_ignore_eos_and_the_role_chunk_after_the_prefill(standin: StartStandin) -> None:
+    s = standin(MODEL, env={"STANDIN_TTFT_MS": "400", "STANDIN_TOKENS_PER_SECOND": "2000"})
+    started = time.monotonic()
+    with requests.post(
+        s.url + "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "hi /no_think"}],
+            "max_tokens": 64,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        stream=True,
+        timeout=30,
+    ) as response:
+        lines = (line for line in response.iter_lines() if line)
+        first = json.loads(next(lines).removeprefix(b"data: "))
+        first_at = time.monotonic() - started
+        rest = [line.removeprefix(b"data: ") for line in lines]
+    assert first["choices"][0]["delta"]["role"] == "assistant"
+    assert first_at >= 0.35  # sent with the first token, not before the prefill
+    assert rest[-1] == b"[DONE]"
+    usage = json.loads(rest[-2])["usage"]
+    assert usage["completion_tokens"] == 64
+    assert json.loads(rest[-3])["choices"][0]["finish_reason"] == "length"
+
+
+def test_tokenize_detokenize_and_stop(standin: StartStandin) -> None:
+    s = standin(MODEL, "--api-key", KEY)
+    messages = [{"role": "user", "content": "count these five words now"}]
+    tokenized = requests.post(s.url + "/tokenize", json={"messages": messages}, timeout=5).json()
+    usage = chat(s.url, "count these five words now", max_tokens=1).json()["usage"]
+    assert tokenized["count"] == usage["prompt_tokens"] == 5 + 4 + 3
+    text = requests.post(s.url + "/detokenize", json={"tokens": tokenized["tokens"]}, timeout=5)
+    assert "count these five words now" in text.json()["prompt"]
+    body = chat(s.url, "hi /no_think", stop=["to:"]).json()
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["stop_reason"] == "to:"
+
+
+def test_a_disconnected_client_is_aborted(standin: StartStandin) -> None:
+    s = standin(MODEL, "--enable-log-requests", env={"STANDIN_TOKENS_PER_SECOND": "100"})
+    with requests.post(
+        s.url + "/v1/completions",
+        json={"prompt": "go on", "max_tokens": 1000, "ignore_eos": True, "stream": True},
+        stream=True,
+        timeout=30,
+    ) as response:
+        next(line for line in response.iter_lines() if line)
+    deadline = time.monotonic() + 10
+    while "Aborted request(s) cmpl-" not in s.logs():
+        assert time.monotonic() < deadline, s.logs()
+        time.sleep(0.1)
+    assert re.search(r"Request cmpl-\w+ aborted\.", s.logs())
+    text = requests.get(s.url + "/metrics", timeout=5).text
+    assert re.search(r'vllm:request_success_total\{[^}]*finished_reason="abort"\} 1\.0', text)
+    assert metric(s.url, "vllm:num_requests_running") == 0
+    # it stopped generating: far fewer than 1000 tokens were counted
+    assert metric(s.url, "vllm:generation_tokens_total") < 500
