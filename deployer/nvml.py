@@ -47,6 +47,7 @@ def read_inventory() -> GpuInventory:
 def _read_gpu(pynvml: Any, index: int) -> Gpu:
     handle = pynvml.nvmlDeviceGetHandleByIndex(index)
     memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    reserved = _reserved_mib(pynvml, handle)
     major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
     try:
         mig_enabled = pynvml.nvmlDeviceGetMigMode(handle)[0] == pynvml.NVML_DEVICE_MIG_ENABLE
@@ -73,4 +74,19 @@ def _read_gpu(pynvml: Any, index: int) -> Gpu:
         compute_capability=f"{major}.{minor}",
         mig_enabled=mig_enabled,
         processes=tuple(processes),
+        memory_reserved_mib=reserved,
     )
+
+
+def _reserved_mib(pynvml: Any, handle: Any) -> int | None:
+    """NVML's reserved memory (v2 call, driver R510+): what cudaMemGetInfo's total leaves out.
+    None where the driver or nvidia-ml-py lacks the v2 call: the planner's default applies."""
+    version = getattr(pynvml, "nvmlMemory_v2", None)
+    if version is None:
+        return None
+    try:
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+    except (pynvml.NVMLError, TypeError):  # FunctionNotFound on old drivers
+        return None
+    reserved = getattr(info, "reserved", None)
+    return int(reserved) // MIB if isinstance(reserved, int) else None

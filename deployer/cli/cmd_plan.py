@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,10 +22,19 @@ from deployer.cli.common import (
 from deployer.cli.targets import render_kubernetes_dir, render_target_options
 from deployer.gpus import GIB
 
+if TYPE_CHECKING:
+    from deployer.startup_check import StartupComparison
+
 
 @click.command()
 @plan_input_options
 @json_option
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Compare the plan with the start-up figures vLLM printed for this deployment "
+    "(recorded by `up`); warn past 5 %.",
+)
 @pass_app
 def plan(
     app: AppContext,
@@ -34,6 +44,7 @@ def plan(
     models_files: tuple[Path, ...],
     image: str | None,
     as_json: bool,
+    check: bool,
 ) -> None:
     """Show placement, tensor parallel, memory fraction and context per service.
 
@@ -42,10 +53,18 @@ def plan(
 
     Example: qwen-deploy plan --profile tri-tier --gpus-file box.json
     """
+    from deployer.startup_check import check_plan, expected_lines, recorded_figures
+
     planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
     result = planned.plan
+    checks = (
+        check_plan(result.services, recorded_figures(app.deployment_dir.load_state()))
+        if check
+        else ()
+    )
     if as_json:
-        print_json("plan", {**result.to_dict(), "auto_reasons": list(planned.reasons)})
+        extra = {"startup_check": [c.to_dict() for c in checks]} if check else {}
+        print_json("plan", {**result.to_dict(), "auto_reasons": list(planned.reasons), **extra})
         return
     for reason in planned.reasons:
         click.echo(reason)
@@ -73,18 +92,51 @@ def plan(
     headers = ["SERVICE", "MODEL", "GPUS", "TP", "GPU-MEM", "CONTEXT", "SEQS", "KV-DTYPE",
                "KV-TOKENS", "FULL-CTX", "PORT"]  # fmt: skip
     click.echo(table(headers, rows))
-    click.echo("\nmemory per GPU (GiB): budget = weights + activations + non-torch + graphs + KV")
+    click.echo(
+        "\nmemory per GPU (GiB): budget = weights + activations + non-torch + graphs + "
+        "sampler state + KV"
+    )
     for s in result.services:
         m = s.memory
         click.echo(
             f"  {s.name}: {m.budget / GIB:.2f} = {m.weights / GIB:.2f} + "
             f"{m.activation_peak / GIB:.2f} + {m.non_torch / GIB:.2f} + "
-            f"{m.cuda_graphs / GIB:.2f} + {m.kv_cache / GIB:.2f}"
+            f"{m.cuda_graphs / GIB:.2f} + {m.sampler_state / GIB:.2f} + {m.kv_cache / GIB:.2f}"
         )
+    click.echo("\nvLLM should print at start-up (compare with `docker logs`):")
+    for s in result.services:
+        for line in expected_lines(s):
+            click.echo(f"  {s.name}: {line}")
     order = " -> ".join("[" + ", ".join(wave) + "]" for wave in result.start_waves)
     click.echo(f"start order: {order}")
     for warning in result.warnings:
         click.echo(f"note: {warning}")
+    if check:
+        _print_checks(app.deployment, checks)
+
+
+def _print_checks(deployment: str, checks: tuple[StartupComparison, ...]) -> None:
+    if not checks:
+        click.echo(
+            f"\nno start-up figures recorded for deployment {deployment!r} yet (`up` records "
+            "them when vLLM is the engine)"
+        )
+        return
+    rows = [
+        [
+            c.service,
+            f.figure,
+            f"{f.predicted:,.2f}",
+            "-" if f.actual is None else f"{f.actual:,.2f}",
+            "-" if f.diff_percent is None else f"{f.diff_percent:+.1f}%",
+        ]
+        for c in checks
+        for f in c.figures
+    ]
+    click.echo("\n" + table(["SERVICE", "FIGURE", "PLANNED", "VLLM", "DIFF"], rows))
+    for c in checks:
+        for warning in c.warnings:
+            click.echo(f"warning: {warning}")
 
 
 @click.command()
