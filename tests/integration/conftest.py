@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 import docker
 import pytest
-import requests
 from docker.types import DeviceRequest
 
 # Ryuk (testcontainers' reaper) cannot be pulled here; fixtures remove what they start.
@@ -20,6 +17,10 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 from testcontainers.core.container import DockerContainer
 
 from deployer import vllm_pin
+from tests.helpers.standin import Standin, StartStandin
+from tests.integration.conftest_runtime import deployment, engine  # fixtures for every test
+
+__all__ = ["deployment", "engine"]  # the runtime fixtures, shared by every integration test
 
 STANDIN_IMAGE = os.environ.get("STANDIN_IMAGE", vllm_pin.STANDIN_IMAGE)
 MAKE_IMAGES_HINT = (
@@ -60,49 +61,6 @@ def ledger_volume(docker_client: docker.DockerClient) -> Iterator[str]:
     yield name
     with contextlib.suppress(docker.errors.NotFound):
         docker_client.volumes.get(name).remove(force=True)
-
-
-@dataclass
-class Standin:
-    """A started stand-in container."""
-
-    container: DockerContainer
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def docker(self) -> docker.models.containers.Container:
-        return self.container.get_wrapped_container()
-
-    def logs(self) -> str:
-        return str(self.docker.logs().decode("utf-8", "replace"))
-
-    def status(self) -> str:
-        self.docker.reload()
-        return str(self.docker.status)
-
-    def wait_exit(self, timeout: float = 20) -> int:
-        """Wait for the container to exit; its exit status."""
-        result = self.docker.wait(timeout=timeout)
-        return int(result["StatusCode"])
-
-    def wait_listening(self, timeout: float = 20) -> requests.Response:
-        """Poll /health until the server answers (any status); fail if the container exits."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                return requests.get(self.url + "/health", timeout=2)
-            except requests.ConnectionError:
-                if self.status() == "exited":
-                    pytest.fail(f"stand-in exited before listening:\n{self.logs()}")
-                time.sleep(0.05)
-        pytest.fail(f"stand-in not listening after {timeout}s:\n{self.logs()}")
-
-
-StartStandin = Callable[..., Standin]
 
 
 @pytest.fixture

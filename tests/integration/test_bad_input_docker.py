@@ -25,10 +25,9 @@ from tests.bad_input_cases import (
     run_case,
     snapshot,
 )
-from tests.integration.conftest_runtime import engine, free_ports, write_inventory
+from tests.helpers.deployments import free_ports, write_inventory
 
 pytestmark = pytest.mark.integration
-__all__ = ["engine"]  # the fixture, imported so pytest finds it
 
 
 def _remove(client: Any, project: str) -> None:

@@ -24,10 +24,9 @@ import pytest
 import requests
 
 from deployer.runtime import parse_docker_time
-from tests.integration.conftest_runtime import KEYS, Deployment, deployment, engine
+from tests.helpers.deployments import KEYS, Deployment
 
 pytestmark = pytest.mark.integration
-__all__ = ["deployment", "engine"]  # fixtures, imported so pytest finds them
 
 ROOT = Path(__file__).resolve().parents[2]
 RACE = "No available memory for the cache blocks"

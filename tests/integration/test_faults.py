@@ -24,17 +24,9 @@ import yaml
 
 from deployer.errors import ExitCode
 from tests.bad_input_cases import entry_point
-from tests.integration.conftest_runtime import (
-    KEYS,
-    Deployment,
-    deployment,
-    engine,
-    tri_tier_profile,
-    write_inventory,
-)
+from tests.helpers.deployments import KEYS, Deployment, tri_tier_profile, write_inventory
 
 pytestmark = pytest.mark.integration
-__all__ = ["deployment", "engine"]  # fixtures, imported so pytest finds them
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float = 90, every: float = 0.5) -> Any:

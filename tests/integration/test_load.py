@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest_runtime import KEYS, Deployment, deployment, engine
+from tests.helpers.deployments import KEYS, Deployment
 
 pytestmark = pytest.mark.integration
-__all__ = ["deployment", "engine"]  # fixtures, imported so pytest finds them
 
 CLIENTS = 12
 SECONDS = 15.0

@@ -15,10 +15,9 @@ import requests
 import yaml
 
 from deployer.errors import ExitCode
-from tests.integration.conftest_runtime import Deployment, deployment, engine
+from tests.helpers.deployments import Deployment
 
 pytestmark = pytest.mark.integration
-__all__ = ["deployment", "engine"]  # fixtures, imported so pytest finds them
 
 TOKEN = "hf_qwenDeployTestToken0123456789"
 
@@ -159,3 +158,37 @@ def test_ports_bind_loopback_unless_the_profile_says_otherwise(deployment: Deplo
         [binding] = container.attrs["NetworkSettings"]["Ports"]["8000/tcp"]
         expected = "0.0.0.0" if name == "micro" else "127.0.0.1"
         assert binding == {"HostIp": expected, "HostPort": str(deployment.ports[name])}
+
+
+INJECTION = 'evil"); __import__("os").system("id"); ("'
+
+
+def test_endpoints_mask_short_keys_and_quote_names_in_examples(deployment: Deployment) -> None:
+    """D13 and D27 on a running deployment: the shortest key shows 2 of its 8 characters, and
+    a served name full of quotes is one string literal in the Python examples, not code."""
+    import ast
+
+    deployment.write_profile(mini={"api_key": "abcdefgh", "served_model_name": INJECTION})
+    up = deployment.up()
+    assert up.exit_code == 0, up.output
+    guide = deployment.cli("endpoints", "--json")
+    assert guide.exit_code == 0, guide.output
+    tiers = {t["service"]: t for t in json.loads(guide.stdout)["tiers"]}
+    mini = tiers["mini"]
+    assert mini["api_key"] == "a…h"
+    markdown = deployment.cli("endpoints").stdout
+    assert "abcdefgh" not in markdown and "abcd" not in markdown
+    for name in ("python_openai", "python_streaming", "python_thinking"):
+        tree = ast.parse(mini["examples"][name])
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        assert not any(getattr(c.func, "id", None) == "__import__" for c in calls), name
+        create = next(c for c in calls if getattr(c.func, "attr", None) == "create")
+        model = next(k.value for k in create.keywords if k.arg == "model")
+        assert isinstance(model, ast.Constant) and model.value == INJECTION, name
+    # The name the examples send is the one the server answers to.
+    models = requests.get(
+        f"http://127.0.0.1:{deployment.ports['mini']}/v1/models",
+        headers={"Authorization": "Bearer abcdefgh"},
+        timeout=10,
+    ).json()
+    assert [m["id"] for m in models["data"]] == [INJECTION]

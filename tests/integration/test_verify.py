@@ -22,7 +22,7 @@ from deployer.spec import vllm_args
 from deployer.verify import CHECKS, ServiceVerification, verify_plan, verify_service
 from deployer.vllm_pin import VLLM_VERSION
 from tests.helpers import tri_tier_plan
-from tests.integration.conftest import Standin, StartStandin
+from tests.helpers.standin import Standin, StartStandin
 
 pytestmark = pytest.mark.integration
 

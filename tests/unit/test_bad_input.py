@@ -24,7 +24,7 @@ from tests.bad_input_cases import (
     run_case,
     snapshot,
 )
-from tests.integration.conftest_runtime import write_inventory
+from tests.helpers.deployments import write_inventory
 
 PORTS = {"medium": 15002, "mini": 15001, "micro": 15000}  # rendered only: nothing binds them
 

@@ -29,7 +29,7 @@ from deployer.catalog import Catalog
 from deployer.errors import BenchError
 from deployer.planner import DeploymentPlan, PlanOptions, plan
 from deployer.profiles import load_profile
-from tests.conftest import inventory
+from tests.helpers import inventory
 
 
 @pytest.fixture(scope="module")

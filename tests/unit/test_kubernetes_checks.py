@@ -30,7 +30,7 @@ from deployer.targets.kubernetes import (
     render_kubernetes,
 )
 from deployer.targets.output import write_kubernetes
-from tests.conftest import GPU_FILES, inventory
+from tests.helpers import GPU_FILES, inventory
 
 BOX = str(GPU_FILES / "3x-rtx4090.json")
 

@@ -19,7 +19,7 @@ from deployer.errors import ExitCode, ProfileError
 from deployer.planner import PlanOptions, plan
 from deployer.profiles import parse_profile
 from tests.helpers import inventory
-from tests.integration.conftest_runtime import tri_tier_profile, write_inventory
+from tests.helpers.deployments import tri_tier_profile, write_inventory
 
 PORTS = {"medium": 15002, "mini": 15001, "micro": 15000}
 
