@@ -1,0 +1,414 @@
+"""`up --target swarm`: deploy a plan to a Docker Swarm through the Docker SDK: an overlay
+network, one secret per key, one service per tier pinned to the node and devices of the plan,
+tiers sharing a GPU created one after another, each once the previous one is ready.
+
+Functions take a `docker.DockerClient` (only the CLI builds one) and return the runtime's
+result types, so the CLI reports a Swarm deployment as it reports a compose one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+from docker.types import (
+    EndpointSpec,
+    Healthcheck,
+    Mount,
+    NetworkAttachmentConfig,
+    RestartPolicy,
+    SecretReference,
+    ServiceMode,
+    UpdateConfig,
+)
+
+from deployer import diagnose
+from deployer.deployment import resolve_api_keys
+from deployer.errors import DeployFailed
+from deployer.plan import DeploymentPlan
+from deployer.runtime import docker_errors, readiness, runtime_env
+from deployer.runtime.convergence import Action
+from deployer.runtime.operations import UpRequest, UpResult
+from deployer.runtime.progress import Progress, ProgressCallback
+from deployer.runtime.results import ApplyResult, ServiceOutcome
+from deployer.runtime.states import ActionKind, Stage
+from deployer.targets import Target, sizing
+from deployer.targets.record import write_target
+from deployer.targets.swarm_spec import (
+    LABEL_DEPLOYMENT,
+    LABEL_SWARM_HASH,
+    LABEL_TIER,
+    NVIDIA_RUNTIME_CONFIG,
+    NodeCheck,
+    SwarmService,
+    advertised_gpus,
+    check_node,
+    network_name,
+    refuse_unexpressible,
+    swarm_services,
+)
+
+NS = 1_000_000_000  # the Swarm API counts durations in nanoseconds
+FAILED_TASK_STATES = ("failed", "rejected", "orphaned")
+
+
+def _task_state(service: Any) -> tuple[str, str]:
+    """(state, error) of the service's newest task that should be running."""
+    tasks = sorted(service.tasks(), key=lambda t: t.get("CreatedAt", ""), reverse=True)
+    if not tasks:
+        return "pending", ""
+    status = tasks[0].get("Status", {})
+    return str(status.get("State", "unknown")), str(status.get("Err", ""))
+
+
+def _logs(service: Any, tail: int = 60) -> list[str]:
+    try:
+        raw = b"".join(service.logs(stdout=True, stderr=True, tail=tail))
+    except docker.errors.APIError:
+        return []
+    return raw.decode(errors="replace").splitlines()
+
+
+def node_for(client: docker.DockerClient, plan: DeploymentPlan, skip_gpu_check: bool) -> Any:
+    """The node that holds the plan's GPUs (by the UUIDs it advertises), else this one."""
+    info = client.info()
+    local = (info.get("Swarm") or {}).get("NodeID") or ""
+    if not local:
+        return None
+    if not skip_gpu_check:
+        wanted = {g.uuid for g in plan.gpus}
+        for node in client.nodes.list():
+            if wanted <= advertised_gpus(node.attrs):
+                return node
+    return client.nodes.get(local)
+
+
+def check(
+    client: docker.DockerClient, plan: DeploymentPlan, skip_gpu_check: bool
+) -> tuple[Any, NodeCheck]:
+    """The node to deploy on and what it lacks; raises DeployFailed naming every gap."""
+    refuse_unexpressible(plan)
+    with docker_errors("checking the swarm"):
+        info = client.info()
+        node = node_for(client, plan, skip_gpu_check)
+    attrs = node.attrs if node is not None else {}
+    local = node is not None and node.id == (info.get("Swarm") or {}).get("NodeID")
+    config = None
+    if local:
+        try:
+            config = Path(NVIDIA_RUNTIME_CONFIG).read_text()
+        except OSError:
+            config = None
+    result = check_node(plan, info, attrs, config, skip_gpu_check)
+    if result.problems:
+        raise DeployFailed(
+            "the swarm cannot run this plan: " + "; ".join(result.problems),
+            hint="fix the node as said, then run `up --target swarm` again; nothing was changed",
+        )
+    return node, result
+
+
+def _create_kwargs(s: SwarmService, secret_ids: Mapping[str, str], drain_s: int) -> dict[str, Any]:
+    mounts = [Mount(target="/dev/shm", source=None, type="tmpfs", tmpfs_size=s.shm_bytes)]
+    mounts += [Mount(target=path, source=volume, type="volume") for volume, path in s.volumes]
+    hc = s.healthcheck
+    return {
+        "image": s.image,
+        "name": s.name,
+        "command": list(s.command),
+        "args": list(s.args),
+        "env": [f"{k}={v}" for k, v in s.env],
+        "labels": {**dict(s.labels), LABEL_SWARM_HASH: s.config_hash()},
+        "container_labels": {
+            LABEL_DEPLOYMENT: dict(s.labels)[LABEL_DEPLOYMENT],
+            LABEL_TIER: s.tier,
+        },
+        "constraints": list(s.constraints),
+        "mounts": mounts,
+        "networks": [NetworkAttachmentConfig(s.network, aliases=[s.tier])],
+        # dnsrr and host-mode ports: no routing mesh, the tier answers on its node's port.
+        "endpoint_spec": EndpointSpec(
+            mode="dnsrr", ports={s.published_port: (s.target_port, "tcp", "host")}
+        ),
+        "secrets": [
+            SecretReference(secret_ids[name], name, filename=name) for _, name in s.secrets
+        ],
+        "healthcheck": Healthcheck(
+            test=list(hc.test),
+            interval=hc.interval_s * NS,
+            timeout=hc.timeout_s * NS,
+            retries=hc.retries,
+            start_period=hc.start_period_s * NS,
+        ),
+        "restart_policy": RestartPolicy(condition="on-failure", delay=10 * NS, max_attempts=3),
+        # One GPU, one engine: the old task stops before the new one starts.
+        "update_config": UpdateConfig(parallelism=1, order="stop-first"),
+        "mode": ServiceMode("replicated", replicas=1),
+        "stop_grace_period": drain_s * NS,
+    }
+
+
+def existing_services(client: docker.DockerClient, deployment: str) -> dict[str, Any]:
+    """This deployment's Swarm services, by tier."""
+    found = client.services.list(filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"})
+    return {s.attrs["Spec"]["Labels"].get(LABEL_TIER, s.name): s for s in found}
+
+
+def converge_actions(
+    plan: DeploymentPlan, desired: Sequence[SwarmService], existing: Mapping[str, Any]
+) -> list[Action]:
+    """Per tier: create, recreate (its spec or a tier it starts after changed) or keep; and
+    remove the tiers the plan no longer has."""
+    kinds: dict[str, Action] = {}
+    for s in desired:
+        old = existing.get(s.tier)
+        if old is None:
+            kinds[s.tier] = Action(s.tier, ActionKind.CREATE, "not deployed")
+        elif old.attrs["Spec"]["Labels"].get(LABEL_SWARM_HASH) != s.config_hash():
+            kinds[s.tier] = Action(s.tier, ActionKind.RECREATE, "configuration changed", old.name)
+        else:
+            kinds[s.tier] = Action(s.tier, ActionKind.NOOP, "up to date", old.name)
+        before = s.start_after[-1] if s.start_after else None
+        kept = kinds[s.tier].kind == ActionKind.NOOP
+        if before and kept and kinds[before].kind != ActionKind.NOOP:
+            # It starts after a tier that starts again: GPU memory is profiled again.
+            container = kinds[s.tier].container
+            kinds[s.tier] = Action(s.tier, ActionKind.RECREATE, f"starts after {before}", container)
+    removed = [
+        Action(tier, ActionKind.REMOVE, "not in the plan", svc.name)
+        for tier, svc in existing.items()
+        if tier not in kinds
+    ]
+    return [kinds[s.tier] for s in desired] + removed
+
+
+def remove_services(
+    client: docker.DockerClient, services: Sequence[Any], timeout_s: float = 120
+) -> None:
+    """Remove services and wait until their containers are gone (their GPU memory is free)."""
+    names = [s.name for s in services]
+    for service in reversed(services):
+        service.remove()
+    deadline = time.monotonic() + timeout_s
+    while names and time.monotonic() < deadline:
+        left = [
+            n
+            for n in names
+            if client.containers.list(
+                all=True, filters={"label": f"com.docker.swarm.service.name={n}"}
+            )
+        ]
+        if not left:
+            return
+        time.sleep(0.5)
+
+
+def _secrets(
+    client: docker.DockerClient,
+    plan: DeploymentPlan,
+    desired: Sequence[SwarmService],
+    values: Mapping[str, str],
+) -> dict[str, str]:
+    """Create the secrets the services name (once per name); returns name -> id."""
+    have = {
+        s.name: s.id
+        for s in client.secrets.list(filters={"label": f"{LABEL_DEPLOYMENT}={plan.deployment}"})
+    }
+    for service in desired:
+        for var, name in service.secrets:
+            if name in have:
+                continue
+            source = "HF_TOKEN" if var == "HF_TOKEN" else plan.service(service.tier).api_key_env
+            secret = client.secrets.create(
+                name=name,
+                data=values[source].encode(),
+                labels={LABEL_DEPLOYMENT: plan.deployment, LABEL_TIER: service.tier},
+            )
+            have[name] = secret.id
+    return have
+
+
+def _drop_unused_secrets(client: docker.DockerClient, plan: DeploymentPlan, keep: set[str]) -> None:
+    for secret in client.secrets.list(filters={"label": f"{LABEL_DEPLOYMENT}={plan.deployment}"}):
+        if secret.name not in keep:
+            # Still referenced by a task being torn down: the next `up` or `down` removes it.
+            with contextlib.suppress(docker.errors.APIError):
+                secret.remove()
+
+
+def ensure_network(client: docker.DockerClient, plan: DeploymentPlan) -> None:
+    name = network_name(plan)
+    if not client.networks.list(names=[name]):
+        client.networks.create(
+            name, driver="overlay", labels={LABEL_DEPLOYMENT: plan.deployment}, scope="swarm"
+        )
+
+
+def wait_ready(
+    service: Any,
+    tier: str,
+    plan: DeploymentPlan,
+    key: str,
+    *,
+    timeout_s: float,
+    local: bool,
+    session: requests.Session,
+    progress: ProgressCallback | None,
+    poll_s: float = 1.0,
+) -> tuple[bool, str, list[str]]:
+    """Until the task is running and healthy (and, on this node, /v1/models answers with the
+    key): (ok, message, log lines). A failed task stops the service: no crash loop next to
+    healthy co-tenants; it stays down, with its logs, until the next `up`."""
+    started = time.monotonic()
+    stage = Stage.STARTING
+    while time.monotonic() - started < timeout_s:
+        service.reload()
+        state, error = _task_state(service)
+        if state in FAILED_TASK_STATES or (state == "shutdown" and error):
+            lines = _logs(service)
+            service.scale(0)
+            return False, f"task {state}: {error or 'exited'}", lines
+        if state == "running":
+            ok, detail = readiness(session, plan.service(tier), key) if local else (True, "")
+            if ok:
+                return True, "ready", []
+            stage, state = Stage.LOADING, detail
+        if progress is not None:
+            progress(Progress(tier, stage, time.monotonic() - started, state))
+        time.sleep(poll_s)
+    lines = _logs(service)
+    service.scale(0)
+    return False, f"not ready after {timeout_s:.0f} s", lines
+
+
+def up(
+    client: docker.DockerClient,
+    request: UpRequest,
+    skip_gpu_check: bool = False,
+    progress: ProgressCallback | None = None,
+) -> UpResult:
+    """Under the deployment's lock: check the swarm and the node, write the directory, then
+    converge the services wave by wave and wait until each tier is ready."""
+    from deployer.render import render_files
+
+    plan, directory = request.plan, request.directory
+    begun = time.monotonic()
+    with directory.lock(request.wait_s):
+        keys = resolve_api_keys(
+            plan,
+            request.profile,
+            directory.read_env(),
+            request.environ,
+            request.allow_unauthenticated,
+        )
+        values = runtime_env(keys, request.hf_token)
+        node, _ = check(client, plan, skip_gpu_check)
+        with docker_errors("checking images"):
+            try:
+                client.images.get(plan.image)
+            except docker.errors.ImageNotFound:
+                raise DeployFailed(
+                    f"image {plan.image} is not on this engine",
+                    hint="build it (`make images`) or `docker pull` it on the node",
+                ) from None
+        desired = swarm_services(plan, values, f"node.id=={node.id}")
+        local = node.id == (client.info().get("Swarm") or {}).get("NodeID")
+        directory.write_files(render_files(plan, str(directory.path), keys))
+        write_target(directory.path, Target.SWARM, node=node.id, network=network_name(plan))
+        with docker_errors("deploying to the swarm"):
+            existing = existing_services(client, plan.deployment)
+            actions = converge_actions(plan, desired, existing)
+            going = [
+                existing[a.service]
+                for a in actions
+                if a.kind in (ActionKind.RECREATE, ActionKind.REMOVE)
+            ]
+            remove_services(client, going)
+            ensure_network(client, plan)
+            secret_ids = _secrets(client, plan, desired, values)
+            outcomes = _start_waves(
+                client, plan, desired, actions, secret_ids, keys, local, request, progress, begun
+            )
+            _drop_unused_secrets(client, plan, {n for s in desired for _, n in s.secrets})
+    result = ApplyResult(plan.deployment, tuple(actions), tuple(outcomes), time.monotonic() - begun)
+    return UpResult(result, keys)
+
+
+def _start_waves(
+    client: docker.DockerClient,
+    plan: DeploymentPlan,
+    desired: Sequence[SwarmService],
+    actions: Sequence[Action],
+    secret_ids: Mapping[str, str],
+    keys: Mapping[str, str],
+    local: bool,
+    request: UpRequest,
+    progress: ProgressCallback | None,
+    begun: float,
+) -> list[ServiceOutcome]:
+    """Create each wave's services, then wait for each; a tier that fails keeps the tiers
+    that start after it from being created."""
+    by_tier = {s.tier: s for s in desired}
+    kind = {a.service: a.kind for a in actions}
+    failed: set[str] = set()
+    outcomes: dict[str, ServiceOutcome] = {}
+    session = request.session or requests.Session()
+    for wave in plan.start_waves:
+        started: dict[str, tuple[Any, float]] = {}
+        for tier in wave:
+            spec, service_plan = by_tier[tier], plan.service(tier)
+            if set(spec.start_after) & failed:
+                failed.add(tier)
+                outcomes[tier] = ServiceOutcome(
+                    tier,
+                    kind[tier],
+                    False,
+                    Stage.NOT_STARTED,
+                    f"{spec.start_after[-1]} did not become ready",
+                )
+                continue
+            at = time.monotonic()
+            if kind[tier] == ActionKind.NOOP:
+                service = client.services.get(spec.name)
+            else:
+                if progress is not None:
+                    progress(Progress(tier, Stage.CREATING, 0.0))
+                service = client.services.create(
+                    **_create_kwargs(spec, secret_ids, sizing.drain_s(service_plan))
+                )
+            started[tier] = (service, at)
+        for tier, (service, at) in started.items():
+            service_plan = plan.service(tier)
+            ok, message, lines = wait_ready(
+                service,
+                tier,
+                plan,
+                keys.get(service_plan.api_key_env, ""),
+                timeout_s=request.timeout_s or service_plan.startup_timeout_s,
+                local=local,
+                session=session,
+                progress=progress,
+                poll_s=request.poll_s,
+            )
+            if not ok:
+                failed.add(tier)
+            outcomes[tier] = ServiceOutcome(
+                tier,
+                kind[tier],
+                ok,
+                Stage.HEALTHY if ok else Stage.FAILED,
+                message,
+                started_s=at - begun,
+                ready_s=(time.monotonic() - begun) if ok else None,
+                log_excerpt=tuple(diagnose.excerpt(lines)) if lines else (),
+                findings=tuple(diagnose.diagnose(lines)),
+            )
+            if progress is not None:
+                progress(Progress(tier, outcomes[tier].stage, time.monotonic() - at, message))
+    return [outcomes[s.name] for s in plan.services]
