@@ -79,7 +79,8 @@ class DeploymentDir:
         return self.path / name
 
     def exists(self) -> bool:
-        return self.file(PLAN_FILE).is_file()
+        with os_errors("read the deployment directory", self.path):  # EACCES: another user's
+            return self.file(PLAN_FILE).is_file()
 
     def _prepare(self) -> None:
         """Create the directory (0700, parents too) or check the one that is there."""
@@ -114,7 +115,7 @@ class DeploymentDir:
 
     def load_plan(self) -> DeploymentPlan:
         path = self.file(PLAN_FILE)
-        text = self._read(PLAN_FILE, "the plan") if path.is_file() else None
+        text = self._read(PLAN_FILE, "the plan") if self.exists() else None
         if text is None:
             raise StateError(
                 f"no deployment {self.name!r} at {self.path}",

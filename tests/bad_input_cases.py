@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from deployer.errors import ExitCode
-from tests.integration.conftest_runtime import tri_tier_profile
+from tests.helpers.deployments import tri_tier_profile
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,6 +185,35 @@ def hold_lock(ws: Workspace) -> Cleanup:
     return cleanup
 
 
+def foreign_project(ws: Workspace) -> Cleanup:
+    """A container of another compose project named like {other}, labelled the way `docker
+    compose` labels it (no io.qwen-deploy.* label); the good profile is written too."""
+    import docker
+
+    from deployer.vllm_pin import STANDIN_IMAGE
+
+    client = docker.from_env()
+    container = client.containers.run(
+        STANDIN_IMAGE,
+        ["600"],
+        entrypoint=["sleep"],
+        name=f"{ws.other}-db-1",
+        labels={
+            "com.docker.compose.project": ws.other,
+            "com.docker.compose.service": "db",
+            "com.docker.compose.oneoff": "False",
+        },
+        detach=True,
+    )
+    ws.write_profile(ws.good_profile())
+
+    def cleanup() -> None:
+        container.remove(force=True)
+        client.close()
+
+    return cleanup
+
+
 def listen_on_port_of(service: str) -> Setup:
     """Another process listens on a port; the profile moves `service` onto it."""
 
@@ -234,6 +263,108 @@ def _bad_key_line(text: str) -> str:
         )
         + "\n"
     )
+
+
+# --- setups of the hardening cases (issue 14) ----------------------------------------------------
+
+NOBODY = 65534  # the unprivileged `nobody` user: another user's files, without creating a user
+BILLION_LAUGHS = "".join(
+    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+    for prev, name in zip(["", "a", "b", "c", "d", "e", "f", "g"], "abcdefghi", strict=False)
+) + "services: {mini: {model: *h, port: 5001}}\n"
+
+
+def profile_bytes(data: bytes) -> Setup:
+    def setup(ws: Workspace) -> None:
+        ws.profile.write_bytes(data)
+
+    return setup
+
+
+def with_models(families: dict[str, Any]) -> Setup:
+    """The deployment's profile with a `models:` section, and mini on its checkpoint."""
+
+    def setup(ws: Workspace) -> None:
+        data = ws.good_profile(mini={"model": "evil/tiny"})
+        data["models"] = {"families": families}
+        ws.write_profile(data)
+
+    return setup
+
+
+def _tiny_family(**fields: Any) -> dict[str, Any]:
+    family = {"layers": 2, "attention_heads": 4, "kv_heads": 2, "head_dim": 64,
+              "hidden_size": 256, "intermediate_size": 512, "params_b": 0.01,
+              "checkpoints": [{"id": "evil/tiny", "quantization": "bf16", "weights_gb": 0.02}]}  # fmt: skip
+    return {"Evil": {**family, **fields}}
+
+
+def deployment_file(name: str, data: bytes | None) -> Setup:
+    """Replace (bytes) or delete (None) a file of the deployment directory; the good profile
+    is written too. restored() puts the original back."""
+
+    def setup(ws: Workspace) -> None:
+        path = ws.dir / name
+        path.unlink()
+        if data is not None:
+            path.write_bytes(data)
+        ws.write_profile(ws.good_profile())
+
+    return setup
+
+
+def owned_by_nobody(name: str | None) -> Setup:
+    """The deployment directory (None) or one of its files owned by another user."""
+
+    def setup(ws: Workspace) -> Cleanup:
+        path = ws.dir / name if name else ws.dir
+        info = path.stat()
+        os.chown(path, NOBODY, NOBODY)
+        ws.write_profile(ws.good_profile())
+        return lambda: os.chown(path, info.st_uid, info.st_gid)
+
+    return setup
+
+
+def writable_by_others(ws: Workspace) -> Cleanup:
+    """The deployment directory as an older qwen-deploy left it under `umask 000`."""
+    mode = ws.dir.stat().st_mode & 0o7777
+    ws.dir.chmod(0o777)
+    ws.write_profile(ws.good_profile())
+    return lambda: ws.dir.chmod(mode)
+
+
+def lock_is_a_symlink(ws: Workspace) -> Cleanup:
+    """`.lock` replaced by a link to a file outside (what a planted link looks like)."""
+    victim = ws.tmp / "victim.txt"
+    victim.write_text("must not be truncated\n")
+    lock = ws.dir / ".lock"
+    saved = lock.read_bytes()
+    lock.unlink()
+    lock.symlink_to(victim)
+    ws.write_profile(ws.good_profile())
+
+    def cleanup() -> None:
+        lock.unlink()
+        lock.write_bytes(saved)
+        assert victim.read_text() == "must not be truncated\n"
+
+    return cleanup
+
+
+def file_where_the_directory_goes(ws: Workspace) -> Cleanup:
+    """A plain file where a deployment directory would go (in a home of its own)."""
+    home = ws.tmp / "home-with-a-file"
+    home.mkdir(mode=0o700, exist_ok=True)
+    (home / "x").write_text("not a directory\n")
+    ws.write_profile(ws.good_profile())
+    return lambda: (home / "x").unlink()
+
+
+def plan_port_as_text(plan: dict[str, Any]) -> dict[str, Any]:
+    services = [dict(s) for s in plan["services"]]
+    services[0]["port"] = "not a port"
+    return {**plan, "services": services}
 
 
 # Start a command with the deployment's own profile and inventory, on the stand-in engine.
@@ -350,6 +481,32 @@ CASES: tuple[Case, ...] = (
          UP, ExitCode.PLAN, "vLLM would refuse to start",
          "raise it, set it to auto, or shorten the context",
          setup=profile(mini={"gpu_memory_utilization": 0.3})),
+    Case("utilization-above-free", "a fixed gpu_memory_utilization above the GPU's free memory",
+         ("plan", "-p", "{profile}", "--gpus-file", "{fixtures}/gpus/1x-rtx4090-half-used.json"),
+         ExitCode.PLAN, "less than the fixed gpu_memory_utilization asks",
+         "lower it to the fraction the fix names, or set it to auto",
+         setup=one_service("Qwen/Qwen3-8B-AWQ", gpu_memory_utilization=0.6)),
+    Case("tp-kv-heads", "a tensor parallel size the model's KV heads do not split into (D8)",
+         ("plan", "-p", "{profile}", "--gpus-file", "{fixtures}/gpus/8x-h100.json"),
+         ExitCode.PLAN, "neither divides nor is a multiple of Qwen3-14B's 8 KV heads",
+         "use a GPU count the hint names (1, 2, 4 or 8)",
+         setup=one_service("Qwen/Qwen3-14B", gpus=[0, 1, 2, 3, 4])),
+    Case("tp-fp8-block", "FP8 weights split into partitions that are not 128-blocks (D8)",
+         ("plan", "-p", "{profile}", "--gpus-file", "{fixtures}/gpus/8x-h100.json"),
+         ExitCode.PLAN, "not a multiple of the FP8 weight block of 128",
+         "use a GPU count the hint names (here 1 or 2)",
+         setup=one_service("Qwen/Qwen3-30B-A3B-FP8", gpus=[0, 1, 2, 3])),
+    Case("tp-awq-group", "AWQ weights split into partitions that are not whole groups (D8)",
+         ("plan", "-p", "{profile}", "--gpus-file", "{fixtures}/gpus/8x-h100.json"),
+         ExitCode.PLAN, "not a multiple of the AWQ group of 128",
+         "use a GPU count the hint names (here 1, 2 or 4)",
+         setup=one_service("Qwen/Qwen3-4B-AWQ", gpus=list(range(8)))),
+    Case("auto-many-services", "50 `gpus: auto` services on a 3-GPU box (D23)",
+         ("plan", "-p", "{profile}", "--gpus-file", "{fixtures}/gpus/3x-rtx4090.json"),
+         ExitCode.PLAN, "more services", "fewer services per GPU, or a bigger box",
+         setup=lambda ws: ws.write_profile({"name": "many", "services": {
+             f"s{i}": {"model": "Qwen/Qwen3-0.6B", "gpus": "auto", "port": 18100 + i,
+                       "context": 8192} for i in range(50)}})),
     # --- the Docker engine ----------------------------------------------------------------------
     Case("docker-unreachable", "the Docker engine is not running", UP, ExitCode.DOCKER,
          "cannot reach the Docker engine", "start dockerd (`make docker`), or fix DOCKER_HOST",
@@ -366,6 +523,11 @@ CASES: tuple[Case, ...] = (
     Case("port-of-another-deployment", "a port another deployment's container publishes",
          ("--deployment", "{other}", *UP), ExitCode.DEPLOY, "is published by container",
          "change `port:`, or `down` the other deployment", setup=GOOD, engine=True),
+    Case("name-taken", "a deployment name that another compose project's containers carry (D1)",
+         ("--deployment", "{other}", *UP), ExitCode.NAME_TAKEN,
+         "is taken by another compose project: container",
+         "choose another `--deployment` name, or pass `--share-name` to deploy beside them",
+         setup=foreign_project, engine=True),
     Case("image-not-built", "the stand-in image is missing", (*UP, "--image",
          "qwen-deploy/vllm-standin:not-built"), ExitCode.DEPLOY,
          "the stand-in image qwen-deploy/vllm-standin:not-built is not built",
@@ -406,6 +568,130 @@ CASES: tuple[Case, ...] = (
          ExitCode.STATE, "QWEN_DEPLOY_API_KEY_MINI is not a usable API key",
          "fix the line, or delete it and `render` writes a new key",
          setup=hand_edit(".env", _bad_key_line), engine=True),
+    # --- hardening (issue 14): strictness -------------------------------------------------------
+    Case("extra-args-secret", "`extra_args` carry an API key (`--api-key K`)", UP,
+         ExitCode.PROFILE, "--api-key would write a secret into compose.yaml and plan.json",
+         "use api_key or api_key_env (the key then lives only in .env)",
+         setup=profile(mini={"extra_args": ["--api-key", "injected-secret-key-9999"]})),
+    Case("extra-args-planned-flag", "`extra_args` override a flag the plan sets (`--max-model-len`)",
+         UP, ExitCode.PROFILE, "--max-model-len is set by the plan; use the profile's context",
+         "set the profile key the message names",
+         setup=profile(mini={"extra_args": ["--max-model-len", "4096"]})),
+    Case("extra-args-unknown", "`extra_args` hold an option vLLM 0.33 does not have", UP,
+         ExitCode.PROFILE, "--rope-scaling is not an option of `vllm serve` 0.33",
+         "check `vllm serve --help` of 0.33 (the option may have been renamed or removed)",
+         setup=profile(mini={"extra_args": ["--rope-scaling", "{}"]})),
+    Case("reasoning-parser-unknown", "a `reasoning_parser` vLLM does not have", UP,
+         ExitCode.PROFILE, "is not a reasoning parser of vLLM 0.33",
+         "use qwen3, or none to turn it off",
+         setup=profile(mini={"reasoning_parser": "qwen3; rm -rf /"})),
+    Case("reasoning-parser-false", "`reasoning_parser: false` (a YAML boolean)", UP,
+         ExitCode.PROFILE, "False is not a reasoning parser", "write `none` (or null) to turn it off",
+         setup=profile(mini={"reasoning_parser": False})),
+    Case("boolean-as-string", "a boolean written as a string (`enforce_eager: \"false\"`)", UP,
+         ExitCode.PROFILE, "enforce_eager: expected true or false, got 'false'",
+         "write true or false without quotes", setup=profile(mini={"enforce_eager": "false"})),
+    Case("served-name-not-text", "`served_model_name: 42` (YAML reads a number)", UP,
+         ExitCode.PROFILE, "served_model_name: expected a name", "quote it",
+         setup=profile(mini={"served_model_name": 42})),
+    Case("environment-not-text", "an environment value that is not a string (`FLAG: true`)", UP,
+         ExitCode.PROFILE, "environment.FLAG: expected a string, got True",
+         "quote it so that the container gets exactly that text",
+         setup=profile(mini={"environment": {"FLAG": True}})),
+    Case("environment-too-large", "a 200 KB environment value", UP, ExitCode.PROFILE,
+         "environment.BIG: 200000 characters, at most 16384",
+         "put large settings in a file, not the environment",
+         setup=profile(mini={"environment": {"BIG": "z" * 200000}})),
+    Case("yaml-duplicate-key", "a key written twice in the profile (PyYAML would keep the last)",
+         UP, ExitCode.PROFILE, "duplicate key 'mini' (first on line 2)", "remove one of the two",
+         setup=profile_text("services:\n  mini: {model: Qwen/Qwen3-8B-AWQ, port: 5001}\n"
+                            "  mini: {model: Qwen/Qwen3-1.7B-FP8, port: 5002}\n")),
+    Case("yaml-alias-bomb", "a billion-laughs profile (aliases that expand to 10^9 values)", UP,
+         ExitCode.PROFILE, "expands to more than 100,000 values through its aliases",
+         "write the values out, or use fewer aliases", setup=profile_text(BILLION_LAUGHS)),
+    Case("yaml-too-deep", "a profile nested hundreds of levels deep", UP, ExitCode.PROFILE,
+         "nested more than 64 levels deep", "flatten it",
+         setup=profile_text("services: " + "[" * 300 + "]" * 300 + "\n")),
+    Case("profile-not-utf8", "a profile saved as Latin-1, not UTF-8", UP, ExitCode.PROFILE,
+         "not UTF-8 text (byte 0xe9 on line 1)", "save it as UTF-8",
+         setup=profile_bytes(b'description: "caf\xe9"\nservices: {}\n')),
+    Case("bind-not-an-address", "`bind: 999.999.999.999`", UP, ExitCode.PROFILE,
+         "bind: expected an IPv4 address", "use 127.0.0.1, 0.0.0.0 or an address of this host",
+         setup=profile(mini={"bind": "999.999.999.999"})),
+    Case("bind-not-this-host", "`bind:` an address this host does not have (192.0.2.1)", UP,
+         ExitCode.PROFILE, "192.0.2.1 is not an address of this host",
+         "use 127.0.0.1, 0.0.0.0 or an address `ip -4 addr` lists",
+         setup=profile(mini={"bind": "192.0.2.1"})),
+    Case("api-key-is-a-number", "`api_key: 12345678` (YAML reads an integer)", UP,
+         ExitCode.PROFILE, "api_key: YAML read 12345678 as a int, not a key",
+         "quote it", setup=profile(mini={"api_key": 12345678})),
+    Case("model-wrong-case", "a model id in the wrong case", UP, ExitCode.PROFILE,
+         "did you mean Qwen/Qwen3-8B-AWQ?", "use the id it suggests",
+         setup=profile(mini={"model": "qwen/qwen3-8b-awq"})),
+    Case("profile-is-a-directory", "`--profile` names a directory",
+         ("plan", "-p", "{tmp}", "--gpus-file", "{gpus}"),
+         ExitCode.PROFILE, "it is a directory", "name a profile file, a shipped profile or auto"),
+    Case("alias-names-another-service", "an alias that is another service's name", UP,
+         ExitCode.PROFILE, "services.mini.aliases: 'micro' is the name of services.micro",
+         "choose another alias", setup=profile(mini={"aliases": ["micro"]})),
+    Case("alias-looks-like-an-option", "an alias such as `-f` or one with spaces", UP,
+         ExitCode.PROFILE, "'-f' is not a usable name",
+         "letters, digits and ._- , starting with a letter or digit",
+         setup=profile(mini={"aliases": ["-f"]})),
+    Case("temperature-negative", "a negative temperature", UP, ExitCode.PROFILE,
+         "temperature: expected a number from 0 to 2", "use 0 (greedy) or more",
+         setup=profile(mini={"generation": {"temperature": -0.0000005}})),
+    Case("models-native-context-zero", "a `models:` family with `native_context: 0`", UP,
+         ExitCode.PROFILE, "native_context: expected a positive integer",
+         "give the sizes of the model's config.json",
+         setup=with_models(_tiny_family(native_context=0))),
+    Case("models-number-as-text", "a `models:` size written as a string", UP, ExitCode.PROFILE,
+         "max_position_embeddings: expected a positive integer", "write the number without quotes",
+         setup=with_models(_tiny_family(max_position_embeddings="40960"))),
+    Case("models-file-duplicate-key", "a `--models-file` with a key written twice",
+         (*UP, "--models-file", "{tmp}/models.yaml"), ExitCode.PROFILE,
+         "duplicate key 'layers'", "remove one of the two",
+         setup=together(GOOD, file_in_tmp("models.yaml", "families:\n  X:\n    layers: 2\n"
+                                                        "    layers: 3\n"))),
+    Case("gpus-file-not-utf8", "a `--gpus-file` that is not UTF-8",
+         ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/latin1.json"), ExitCode.INVENTORY,
+         "not UTF-8 text", "write it with `qwen-deploy gpus --json`",
+         setup=together(GOOD, lambda ws: (ws.tmp / "latin1.json").write_bytes(
+             b'{"gpus": [{"index": 0, "name": "caf\xe9"}]}') and None)),
+    Case("deployment-name-too-long", "a 64-character deployment name",
+         ("--deployment", "adv" + "x" * 61, *RENDER), ExitCode.STATE, "64 characters, at most 41",
+         "choose a shorter name", setup=GOOD),
+    # --- hardening: the deployment directory ----------------------------------------------------
+    Case("env-file-lost", ".env deleted while the containers still hold its keys", RENDER,
+         ExitCode.STATE, ".env is missing", "restore the keys from the containers (the message "
+         "says how), or delete plan.json to issue new ones", setup=deployment_file(".env", None)),
+    Case("endpoints-env-lost", "`endpoints` with .env deleted", ("endpoints",), ExitCode.STATE,
+         ".env is missing", "as above", setup=deployment_file(".env", None)),
+    Case("env-file-not-utf8", ".env holding bytes that are not UTF-8", RENDER, ExitCode.STATE,
+         "is not UTF-8 text", "fix it, or delete it and render again (new keys)",
+         setup=deployment_file(".env", b"QWEN_DEPLOY_API_KEY_MINI=caf\xe9caf\xe9\n")),
+    Case("plan-json-wrong-type", "plan.json with a field of the wrong type", ("status",),
+         ExitCode.STATE, "plan.services[0].port: expected an integer",
+         "`qwen-deploy up` (or `render`) writes it again", setup=plan_json(plan_port_as_text)),
+    Case("state-dir-of-another-user", "the deployment directory belongs to another user",
+         RENDER, ExitCode.STATE, "belongs to nobody, not to you",
+         "a deployment must be yours alone: chown it back, or use your own --home",
+         setup=owned_by_nobody(None)),
+    Case("env-file-of-another-user", ".env belongs to another user (who could swap the keys)",
+         RENDER, ExitCode.STATE, "belongs to nobody, not to you", "as above",
+         setup=owned_by_nobody(".env")),
+    Case("state-dir-writable-by-others", "the deployment directory is writable by every user",
+         RENDER, ExitCode.STATE, "may be changed by other users (mode 0777)", "`chmod go-w` it",
+         setup=writable_by_others),
+    Case("lock-is-a-symlink", "`.lock` is a symbolic link (planted to truncate another file)",
+         RENDER, ExitCode.STATE, "symbolic link", "remove the link; nothing was truncated",
+         setup=lock_is_a_symlink),
+    Case("file-where-the-directory-goes", "a file stands where the deployment directory goes",
+         ("--home", "{tmp}/home-with-a-file", "--deployment", "x", *RENDER), ExitCode.STATE,
+         "is not a directory", "move the file away", setup=file_where_the_directory_goes),
+    Case("home-under-a-file", "`--home` below a plain file", ("--home", "{tmp}/afile/sub",
+         *RENDER), ExitCode.STATE, "Not a directory", "choose another --home",
+         setup=together(GOOD, file_in_tmp("afile", "x\n"))),
     Case("deployment-locked", "another `up`/`down`/`render` is running on the deployment",
          RENDER, ExitCode.LOCKED, "is locked by pid 4242",
          "wait for it, or pass --wait SECONDS", setup=hold_lock),
