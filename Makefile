@@ -65,6 +65,7 @@ typecheck: venv
 bench: setup
 	$(BIN)/python benchmarks/bench_startup.py
 	$(BIN)/python benchmarks/bench_cli.py
+	$(BIN)/python benchmarks/bench_loadgen.py
 
 # The real vLLM CPU build, to check rendered commands against vLLM's own argument parser.
 vllm-check: venv

@@ -144,7 +144,7 @@ def stream_once(
                 limit=120,
             )
             return sample(f"HTTP {response.status_code}" + (f": {text}" if text else ""))
-        stream = wire.ChunkStream(response.iter_lines())
+        stream = wire.ChunkStream(response.iter_lines(chunk_size=None))
         try:
             for chunk in stream:
                 if stop is not None and stop.is_set():

@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (ThreadingHTTPServer,),
         {
             "allow_reuse_address": True,
+            "request_queue_size": 2048,  # uvicorn's --backlog; socketserver's 5 resets bursts
             "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
         },
     )
