@@ -103,6 +103,12 @@ def hf_token_file_option(func: Any) -> Any:
 @timeout_option
 @wait_option
 @click.option("--no-verify", is_flag=True, help="Skip the smoke requests once services are up.")
+@click.option(
+    "--share-name",
+    is_flag=True,
+    help="Deploy even though containers of another compose project (not made by qwen-deploy) "
+    "carry this deployment's name; they are shown as foreign and left alone.",
+)
 @allow_unauthenticated_option
 @hf_token_file_option
 @pass_app
@@ -117,6 +123,7 @@ def up(
     timeout_s: float | None,
     wait_s: float,
     no_verify: bool,
+    share_name: bool,
     allow_unauthenticated: bool,
     hf_token: str | None,
 ) -> None:
@@ -143,6 +150,7 @@ def up(
         wait_s=wait_s,
         allow_unauthenticated=allow_unauthenticated,
         hf_token=hf_token,
+        share_name=share_name,
     )
     if dry_run:
         actions = runtime.up_dry_run(docker_client(), request)
@@ -227,6 +235,8 @@ def down(app: AppContext, wait_s: float) -> None:
             result = runtime.down(client, app.deployment, plan)
     else:
         result = runtime.down(client, app.deployment, plan)
+    for name in result.left:
+        click.echo(f"left {name} alone")
     if not result.removed and not result.networks:
         click.echo(f"{app.deployment}: nothing to remove")
         return

@@ -198,6 +198,12 @@ def verify_cell(entry: Mapping[str, Any] | None, colour: bool, now: datetime) ->
     return paint("FAIL", colour) + f" {failed}{ago}"
 
 
+def _row_note(row: ServiceStatus) -> str:
+    if row.foreign:
+        return " (foreign)"
+    return "" if row.in_plan else " (not in plan)"
+
+
 def status_table(rows: Sequence[ServiceStatus], colour: bool, now: datetime) -> str:
     out = []
     for row in rows:
@@ -209,7 +215,7 @@ def status_table(rows: Sequence[ServiceStatus], colour: bool, now: datetime) -> 
             state += " *"
         out.append(
             [
-                row.service + ("" if row.in_plan else " (not in plan)"),
+                row.service + _row_note(row),
                 row.model,
                 row.gpus,
                 str(row.port or "-"),

@@ -12,6 +12,7 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
+from deployer.runtime.observed import NETWORK_OWNER_LABEL
 from deployer.spec import LABEL_CONFIG_HASH, LABEL_PROJECT, ContainerSpec
 
 STOP_TIMEOUT_S = 30  # vLLM shuts down cleanly on SIGTERM well within this
@@ -65,14 +66,19 @@ def create_kwargs(
 
 
 def ensure_network(client: docker.DockerClient, name: str, project: str) -> None:
-    """The deployment's bridge network, as compose would name and label it."""
+    """The deployment's bridge network, as compose would name and label it, plus a label that
+    says qwen-deploy made it (so `down` removes it, and only it)."""
     try:
         client.networks.get(name)
     except docker.errors.NotFound:
         client.networks.create(
             name,
             driver="bridge",
-            labels={LABEL_PROJECT: project, "com.docker.compose.network": "default"},
+            labels={
+                LABEL_PROJECT: project,
+                "com.docker.compose.network": "default",
+                NETWORK_OWNER_LABEL: project,
+            },
         )
 
 

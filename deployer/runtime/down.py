@@ -1,4 +1,5 @@
-"""`down`: stop and remove the deployment's containers and its network."""
+"""`down`: stop and remove the deployment's containers and its network, never another compose
+project's that has the same name."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import docker.errors
 from deployer.planner import DeploymentPlan
 from deployer.runtime import containers as engine
 from deployer.runtime.engine_errors import docker_errors
+from deployer.runtime.observed import NETWORK_OWNER_LABEL, foreign
 from deployer.runtime.observed import containers as deployment_containers
 from deployer.spec import LABEL_PROJECT, LABEL_SERVICE
 
@@ -22,6 +24,7 @@ class DownResult:
     deployment: str
     removed: tuple[str, ...]  # container names
     networks: tuple[str, ...]
+    left: tuple[str, ...] = ()  # "container NAME (why)": foreign ones of the same name, untouched
 
 
 def _stop_all(found: list[Any]) -> None:
@@ -62,15 +65,41 @@ def down(
         for container in found:
             container.remove(force=True)
             removed.append(container.name)
-        networks = []
-        candidates = {
-            n.id: n
-            for n in client.networks.list(filters={"label": f"{LABEL_PROJECT}={deployment}"})
-        }
-        with contextlib.suppress(docker.errors.NotFound):
-            named = client.networks.get(f"{deployment}_default")
-            candidates[named.id] = named
-        for network in candidates.values():
+        theirs = [o.name for o in foreign(client, deployment)]
+        networks, kept = _remove_networks(client, deployment, bool(theirs))
+    left = (
+        *(f"container {n} (another compose project's)" for n in sorted(theirs)),
+        *(f"network {n} (another compose project's, or still in use)" for n in sorted(kept)),
+    )
+    return DownResult(deployment, tuple(removed), tuple(sorted(networks)), left)
+
+
+def _remove_networks(
+    client: docker.DockerClient, deployment: str, foreign_project: bool
+) -> tuple[list[str], list[str]]:
+    """(removed, kept): the deployment's networks, removed when qwen-deploy made them (its own
+    label) or when `docker compose` made `NAME_default` from the rendered file (compose's
+    labels, no foreign container in the project, nothing else attached). Others are kept."""
+    candidates = {
+        n.id: n for n in client.networks.list(filters={"label": f"{LABEL_PROJECT}={deployment}"})
+    }
+    with contextlib.suppress(docker.errors.NotFound):
+        named = client.networks.get(f"{deployment}_default")
+        candidates[named.id] = named
+    removed, kept = [], []
+    for network in candidates.values():
+        network.reload()  # `list` leaves out the attached containers
+        labels = network.attrs.get("Labels") or {}
+        attached = network.attrs.get("Containers") or {}
+        ours = labels.get(NETWORK_OWNER_LABEL) == deployment
+        compose_made = (
+            labels.get(LABEL_PROJECT) == deployment
+            and network.name == f"{deployment}_default"
+            and not foreign_project
+        )
+        if (ours or compose_made) and not attached:
             network.remove()
-            networks.append(network.name)
-    return DownResult(deployment, tuple(removed), tuple(sorted(networks)))
+            removed.append(network.name)
+        else:
+            kept.append(network.name)
+    return removed, kept

@@ -1,5 +1,10 @@
 """The deployment's containers as the engine describes them, found by their labels
-(docker/compose v1 `container.py`)."""
+(docker/compose v1 `container.py`).
+
+A container is the deployment's only when it carries qwen-deploy's own labels besides compose's
+project label: `docker compose` run on the rendered file stamps them too, but another compose
+project that happens to have the deployment's name does not. Those are "foreign": listed by
+`status`, never stopped, removed or recreated."""
 
 from __future__ import annotations
 
@@ -11,7 +16,14 @@ import docker.errors
 
 from deployer.runtime.engine_errors import docker_errors
 from deployer.runtime.states import ContainerState
-from deployer.spec import LABEL_CONFIG_HASH, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVICE
+from deployer.spec import (
+    LABEL_CONFIG_HASH,
+    LABEL_ENGINE,
+    LABEL_ONEOFF,
+    LABEL_PREFIX,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+)
 
 if TYPE_CHECKING:
     from deployer.spec import ContainerSpec
@@ -59,9 +71,23 @@ class Observed:
         )
 
 
+# Every container qwen-deploy creates carries it (ContainerSpec.labels), through the SDK or
+# through `docker compose up` on the rendered file.
+OWNED_LABEL = LABEL_ENGINE
+# Stamped on the networks the runtime creates, so `down` removes only those.
+NETWORK_OWNER_LABEL = LABEL_PREFIX + "deployment"
+
+
+def is_owned(labels: Mapping[str, str] | None) -> bool:
+    """Whether a container's labels say qwen-deploy created it."""
+    return OWNED_LABEL in (labels or {})
+
+
 def project_filter(deployment: str) -> dict[str, list[str]]:
-    """The engine-side filter for the deployment's (non one-off) containers."""
-    return {"label": [f"{LABEL_PROJECT}={deployment}", f"{LABEL_ONEOFF}=False"]}
+    """The engine-side filter for the deployment's own (non one-off) containers."""
+    return {
+        "label": [f"{LABEL_PROJECT}={deployment}", f"{LABEL_ONEOFF}=False", OWNED_LABEL],
+    }
 
 
 def containers(client: docker.DockerClient, deployment: str) -> list[Any]:
@@ -73,6 +99,16 @@ def observe(client: docker.DockerClient, deployment: str) -> list[Observed]:
     """The deployment's containers, found by the compose project label."""
     with docker_errors(f"listing the containers of {deployment!r}"):
         return [Observed.from_attrs(c.attrs) for c in containers(client, deployment)]
+
+
+def foreign(client: docker.DockerClient, deployment: str) -> list[Observed]:
+    """Containers of a compose project with the deployment's name that qwen-deploy did not
+    create (no io.qwen-deploy.* label): someone else's, to be left alone."""
+    with docker_errors(f"listing the containers of {deployment!r}"):
+        found = client.containers.list(
+            all=True, filters={"label": [f"{LABEL_PROJECT}={deployment}"]}
+        )
+        return [Observed.from_attrs(c.attrs) for c in found if not is_owned(c.labels)]
 
 
 def local_image_ids(client: docker.DockerClient, specs: Sequence[ContainerSpec]) -> dict[str, str]:

@@ -42,6 +42,7 @@ class UpRequest:
     wait_s: float = 0.0  # for the deployment's lock
     allow_unauthenticated: bool = False
     hf_token: str | None = None
+    share_name: bool = False  # deploy beside another compose project of the same name
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     session: requests.Session | None = None
     memory_probe: MemoryProbe | None = None
@@ -77,7 +78,7 @@ def _inputs(request: UpRequest) -> tuple[dict[str, str], list[ContainerSpec], di
 def up_dry_run(client: docker.DockerClient, request: UpRequest) -> tuple[Action, ...]:
     """What `up` would do now; changes nothing (no lock, no files, no containers)."""
     _, specs, env = _inputs(request)
-    return plan_actions(client, request.plan, specs, env)
+    return plan_actions(client, request.plan, specs, env, share_name=request.share_name)
 
 
 def up(
@@ -95,7 +96,9 @@ def up(
     with directory.lock(request.wait_s):
         keys, specs, env = _inputs(request)
         # Host ports and images are checked before the directory or any container changes.
-        actions = preflight(client, request.plan, specs, env, progress)
+        actions = preflight(
+            client, request.plan, specs, env, progress, share_name=request.share_name
+        )
         if on_checked is not None:
             on_checked(actions)
         directory.write_files(render_files(request.plan, str(directory.path), keys))

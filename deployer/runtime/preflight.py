@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import docker
 import docker.errors
 
-from deployer.errors import DeployFailed
+from deployer.errors import DeployFailed, NameTaken
 from deployer.gpus import GIB, GpuInventory
-from deployer.planner import DeploymentPlan, ServicePlan, requested_bytes, usable_room_bytes
+from deployer.planner import DeploymentPlan, ServicePlan, requested_bytes, start_room_bytes
 from deployer.runtime.convergence import Action, converge_actions
 from deployer.runtime.engine_errors import docker_errors, explanation
-from deployer.runtime.observed import local_image_ids, observe
+from deployer.runtime.observed import foreign, is_owned, local_image_ids, observe
 from deployer.runtime.progress import Progress, ProgressCallback
 from deployer.runtime.states import ActionKind, Stage
 from deployer.spec import LABEL_PROJECT, ContainerSpec
@@ -61,7 +61,7 @@ def memory_shortfall(service: ServicePlan, inventory: GpuInventory) -> str | Non
             problems.append(f"GPU {index} is not there (NVML sees {inventory.indices_text()})")
             continue
         asked = requested_bytes(gpu, service.gpu_memory_utilization)
-        room = usable_room_bytes(gpu, tensor_parallel_sizes=[service.tensor_parallel_size])
+        room = start_room_bytes(gpu, service)  # fixed fractions: vLLM's own rule only
         if asked <= room:
             continue
         context = max(0, gpu.free_bytes - room)
@@ -130,7 +130,7 @@ def port_conflicts(
             public = port.get("PublicPort")
             if not public or port.get("Type", "tcp") != "tcp":
                 continue
-            if labels.get(LABEL_PROJECT) == plan.deployment:
+            if labels.get(LABEL_PROJECT) == plan.deployment and is_owned(labels):
                 ours.add(int(public))
             else:
                 project = labels.get(LABEL_PROJECT)
@@ -201,18 +201,39 @@ def pull_missing(
     ensure_images(client, plan, [by_name[s].image for s in creating], pulling)
 
 
+def check_name(client: docker.DockerClient, deployment: str, share_name: bool = False) -> None:
+    """Refuse a deployment name that another compose project's containers carry (NameTaken),
+    unless `share_name`: `up` would join their project, and `docker compose` commands of
+    either would then act on the other's containers."""
+    theirs = foreign(client, deployment)
+    if theirs and not share_name:
+        names = ", ".join(sorted(o.name for o in theirs)[:5])
+        more = f" and {len(theirs) - 5} more" if len(theirs) > 5 else ""
+        raise NameTaken(
+            f"deployment name {deployment!r} is taken by another compose project: "
+            f"container {names}{more} carries {LABEL_PROJECT}={deployment} without "
+            "qwen-deploy's labels",
+            hint="choose another --deployment name, or pass --share-name to deploy beside "
+            "them and leave them alone; nothing was changed",
+        )
+
+
 def preflight(
     client: docker.DockerClient,
     plan: DeploymentPlan,
     specs: Sequence[ContainerSpec],
     env: Mapping[str, str],
     progress: ProgressCallback | None = None,
+    *,
+    share_name: bool = False,
 ) -> tuple[Action, ...]:
-    """What `up` checks before it changes anything (files, networks, containers): every host
-    port it will publish is free and every image it will create containers from is here
-    (pulled if need be). Raises DeployFailed naming the port or image; returns the actions."""
+    """What `up` checks before it changes anything (files, networks, containers): the name is
+    not another compose project's, every host port it will publish is free and every image it
+    will create containers from is here (pulled if need be). Raises NameTaken or DeployFailed
+    naming the container, port or image; returns the actions."""
     t0 = time.monotonic()
     with docker_errors(f"deployment {plan.deployment!r}"):
+        check_name(client, plan.deployment, share_name)
         actions = converge_actions(
             plan, specs, env, observe(client, plan.deployment), local_image_ids(client, specs)
         )
@@ -231,8 +252,12 @@ def plan_actions(
     plan: DeploymentPlan,
     specs: Sequence[ContainerSpec],
     env: Mapping[str, str],
+    *,
+    share_name: bool = False,
 ) -> tuple[Action, ...]:
-    """What `up` would do now (for `up --dry-run`); changes nothing."""
+    """What `up` would do now (for `up --dry-run`); changes nothing. Refuses a name another
+    compose project uses, as `up` would."""
+    check_name(client, plan.deployment, share_name)
     return converge_actions(
         plan, specs, env, observe(client, plan.deployment), local_image_ids(client, specs)
     )

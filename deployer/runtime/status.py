@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import docker
 
 from deployer.planner import DeploymentPlan, ServicePlan
-from deployer.runtime.observed import Observed, observe
+from deployer.runtime.observed import Observed, foreign, observe
 from deployer.runtime.states import ContainerState
 from deployer.spec import LABEL_GPUS, LABEL_MODEL, LABEL_PORT, ContainerSpec
 
@@ -34,6 +34,7 @@ class ServiceStatus:
     in_plan: bool
     up_to_date: bool | None  # config hash equals the plan's; None when unknown
     verify: Mapping[str, Any] | None  # the last verification, as `verify` recorded it
+    foreign: bool = False  # another compose project's container with the same name; left alone
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -69,9 +70,22 @@ def service_statuses(
     now: datetime | None = None,
 ) -> list[ServiceStatus]:
     """One row per planned service (containers from the engine's labels; "missing" when there
-    is none) and per container of the deployment no longer in the plan."""
+    is none), per container of the deployment no longer in the plan, and per foreign container
+    of a compose project with the same name."""
     now = now or datetime.now(timezone.utc)
-    return status_rows(observe(client, deployment), plan, specs, env, verify or {}, now)
+    rows = status_rows(observe(client, deployment), plan, specs, env, verify or {}, now)
+    return rows + foreign_rows(foreign(client, deployment), now)
+
+
+def foreign_rows(observed: Sequence[Observed], now: datetime) -> list[ServiceStatus]:
+    """Rows for containers qwen-deploy did not create; pure."""
+    rows = [
+        replace(
+            _status_row(o.service or o.name, o, None, None, {}, now, in_plan=False), foreign=True
+        )
+        for o in observed
+    ]
+    return sorted(rows, key=lambda r: r.service)
 
 
 def status_rows(
@@ -154,7 +168,10 @@ def status_summary(deployment: str, rows: Sequence[ServiceStatus]) -> str:
     stale = [r.service for r in planned if r.up_to_date is False]
     if stale:
         parts.append(f"changed since started: {', '.join(stale)} (run `qwen-deploy up`)")
-    orphans = [r.service for r in rows if not r.in_plan]
+    orphans = [r.service for r in rows if not r.in_plan and not r.foreign]
     if orphans:
         parts.append(f"not in the plan: {', '.join(orphans)}")
+    strangers = [r.service for r in rows if r.foreign]
+    if strangers:
+        parts.append(f"foreign: {', '.join(strangers)} (another compose project's, left alone)")
     return f"{deployment}: " + ", ".join(parts)

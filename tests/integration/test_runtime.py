@@ -19,17 +19,9 @@ from deployer.gpus import GpuInventory, load_inventory_file
 from deployer.planner import DeploymentPlan, PlanOptions, plan
 from deployer.profiles import parse_profile
 from deployer.spec import HF_CACHE_VOLUME, container_specs
-from tests.integration.conftest_runtime import (
-    KEYS,
-    LOAD_SECONDS,
-    Deployment,
-    deployment,
-    engine,
-    tri_tier_profile,
-)
+from tests.helpers.deployments import KEYS, LOAD_SECONDS, Deployment, tri_tier_profile
 
 pytestmark = pytest.mark.integration
-__all__ = ["deployment", "engine"]  # fixtures, imported so pytest finds them
 
 
 def _env_of(container: Any) -> dict[str, str]:
@@ -310,6 +302,7 @@ def test_memory_recheck_refuses_before_starting(deployment: Deployment) -> None:
     assert not mini.ok
     third = deployment.first_gpu + 2
     assert f"not enough free GPU memory to start: GPU {third} has 4.5 GiB free" in mini.message
-    # 0.661 of NVML's total before memory model v2 (issue 11); 0.641 of the CUDA total now
-    assert "mini asks 15.4 GiB (gpu_memory_utilization 0.641)" in mini.message
+    # 0.661 of NVML's total before memory model v2 (issue 11); 0.641 of the CUDA total now,
+    # and the ask is of the CUDA total too (the planner's requested_bytes): 15.2 GiB
+    assert "mini asks 15.2 GiB (gpu_memory_utilization 0.641)" in mini.message
     assert "mini" not in deployment.containers()  # refused before anything was created

@@ -85,6 +85,7 @@ def test_the_table_covers_the_issue() -> None:
         ExitCode.DEPLOY,
         ExitCode.STATE,
         ExitCode.LOCKED,
+        ExitCode.NAME_TAKEN,
     }
     assert len({int(code) for code in ExitCode}) == len(ExitCode)
 

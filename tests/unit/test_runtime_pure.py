@@ -229,3 +229,23 @@ def test_status_summary() -> None:
         "t: 2/4 running, 1 healthy, 1 exited, 1 missing, changed since started: d "
         "(run `qwen-deploy up`), not in the plan: old"
     )
+
+
+def test_foreign_containers_are_their_own_rows_and_never_not_in_the_plan() -> None:
+    from deployer.runtime.status import foreign_rows
+
+    attrs = {
+        "Id": "f1",
+        "Name": "/t-db-1",
+        "Config": {
+            "Labels": {"com.docker.compose.project": "t", "com.docker.compose.service": "db"}
+        },
+        "State": {"Status": "running", "StartedAt": "2030-01-01T00:00:00Z"},
+    }
+    now = datetime(2030, 1, 1, 0, 1, tzinfo=timezone.utc)
+    [row] = foreign_rows([Observed.from_attrs(attrs)], now)
+    assert (row.service, row.foreign, row.in_plan, row.container) == ("db", True, False, "t-db-1")
+    assert row.to_dict()["foreign"] is True
+    assert status_summary("t", [row]) == (
+        "t: 0/0 running, 0 healthy, foreign: db (another compose project's, left alone)"
+    )
