@@ -64,6 +64,7 @@ __all__ = [
     "gpu_spare_bytes",
     "plan",
     "requested_bytes",
+    "start_room_bytes",
     "usable_room_bytes",
     "usable_room_mib",
 ]
@@ -106,6 +107,15 @@ def usable_room_mib(
 ) -> int:
     """`usable_room_bytes` in MiB (rounded down)."""
     return usable_room_bytes(gpu, processes, options, tensor_parallel_sizes) // MIB
+
+
+def start_room_bytes(gpu: Gpu, service: ServicePlan) -> int:
+    """What `service` may ask of this GPU as it is now, right before it starts: the room past
+    its process allowance when the planner chose its fraction; the free memory itself (vLLM's
+    own rule) when the profile fixed it, which the plan already warned about if thin."""
+    if not service.utilization_planned:
+        return cuda_free_bytes(gpu)
+    return usable_room_bytes(gpu, tensor_parallel_sizes=[service.tensor_parallel_size])
 
 
 def gpu_spare_bytes(plan: DeploymentPlan, index: int) -> int:

@@ -21,6 +21,7 @@ from deployer.planner import (
     PlanOptions,
     choose_profile,
     plan,
+    start_room_bytes,
     usable_room_bytes,
 )
 from deployer.profiles import load_all_profiles, load_profile, parse_profile
@@ -585,3 +586,17 @@ def test_the_moves_offered_together_all_apply(catalog: Catalog) -> None:
         services[name]["gpus"] = [int(gpus.strip("[]"))]
     result = plan(inventory("3x-rtx4090"), _profile(services), catalog)  # all of them at once
     assert {len(result.services_on(i)) for i in range(3)} <= set(range(1, 12))
+
+
+def test_start_room_applies_vllms_rule_to_fixed_fractions_only(catalog: Catalog) -> None:
+    box = inventory("1x-rtx-a5000")
+    fixed = {"a": {"model": "Qwen/Qwen3-8B", "gpus": [0], "port": 5001,
+                   "gpu_memory_utilization": 0.9764}}  # fmt: skip
+    service = plan(box, _profile(fixed), catalog).services[0]
+    gpu = box.gpus[0]
+    # The plan warned about the thin headroom; `up`'s pre-start check must not refuse it.
+    assert start_room_bytes(gpu, service) == cuda_free_bytes(gpu)
+    assert requested_bytes(gpu, service.gpu_memory_utilization) <= start_room_bytes(gpu, service)
+    auto = plan(box, load_profile("single-gpu"), catalog).services[0]
+    assert start_room_bytes(gpu, auto) == cuda_free_bytes(gpu) - process_allowance(1)
+    assert requested_bytes(gpu, auto.gpu_memory_utilization) <= start_room_bytes(gpu, auto)
