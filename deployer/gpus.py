@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,10 +80,153 @@ class GpuInventory:
 
 
 _REQUIRED_GPU_KEYS = ("index", "name", "memory_total_mib", "compute_capability")
+MAX_GPU_INDEX = 1023  # the profile side's limit too (profiles.py)
+MAX_MEMORY_MIB = 1 << 30  # 1 PiB: far above any GPU, far below where float arithmetic overflows
+MAX_TEXT = 256
+_CAPABILITY = re.compile(r"^(\d{1,2})(?:\.(\d{1,2}))?$")
+
+
+def printable(text: str) -> str:
+    """`text` with control and format characters escaped (\\n, \\x1b, \\u202e): safe to print
+    on a terminal, whatever a process or a file named itself."""
+    return "".join(
+        c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
+def _shown(value: Any) -> str:
+    """A value as the file wrote it, escaped and short, for an error message."""
+    text = json.dumps(value)  # escapes control characters; never raises on parsed JSON
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _integer(raw: dict[str, Any], key: str, where: str, low: int, high: int, unit: str) -> int:
+    """A JSON integer from low to high; booleans, strings and floats are refused, as a
+    profile refuses them (`true` is not GPU 1, 1e308 is not a memory size)."""
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InventoryError(
+            f"{where}: bad value for {key}: expected {unit} from {low} to "
+            f"{high if high < 10_000 else f'{high:,}'}, "
+            f"got {_shown(value)}"
+        )
+    return value
+
+
+def _text(raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
+    """A string of printable characters (names are shown on terminals: no escape sequences)."""
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT:
+        raise InventoryError(
+            f"{where}: bad value for {key}: expected a string of 1 to {MAX_TEXT} characters, "
+            f"got {_shown(value)}"
+        )
+    if printable(value) != value:
+        raise InventoryError(
+            f"{where}: bad value for {key}: {_shown(value)} has control characters",
+            hint="write the file with `qwen-deploy gpus --json`",
+        )
+    return value
+
+
+def _capability(raw: dict[str, Any], where: str) -> str:
+    value = raw["compute_capability"]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        value = str(value)  # 8.9 written as a number
+    match = _CAPABILITY.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise InventoryError(
+            f"{where}: bad value for compute_capability: {_shown(value)} is not MAJOR.MINOR "
+            '(e.g. "8.9", as NVML reports it)'
+        )
+    return f"{int(match.group(1))}.{int(match.group(2) or 0)}"
+
+
+def _processes(raw: dict[str, Any], where: str, total: int) -> tuple[GpuProcess, ...]:
+    value = raw.get("processes", [])
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        raise InventoryError(
+            f"{where}: bad value for processes: expected a list of objects like "
+            '{"pid": 4242, "name": "python", "used_memory_mib": 12288}'
+        )
+    processes = []
+    for number, proc in enumerate(value):
+        at = f"{where}.processes[{number}]"
+        proc = {"pid": 0, "name": "?", "used_memory_mib": 0, **proc}
+        processes.append(
+            GpuProcess(
+                pid=_integer(proc, "pid", at, 0, 2**31 - 1, "a process id"),
+                name=_text(proc, "name", at),
+                used_memory_mib=_integer(
+                    proc, "used_memory_mib", at, 0, total, "a whole number of MiB"
+                ),
+            )
+        )
+    return tuple(processes)
+
+
+def _mig(raw: dict[str, Any], where: str) -> bool:
+    value = raw.get("mig_enabled", False)
+    if not isinstance(value, bool):  # "false" is a non-empty string: bool() would say True
+        raise InventoryError(
+            f"{where}: bad value for mig_enabled: expected true or false (a JSON boolean), "
+            f"got {_shown(value)}"
+        )
+    return value
+
+
+def _version(data: dict[str, Any], key: str, source: str) -> str:
+    value = data.get(key, "unknown")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # "cuda_version": 12.4 written as a number
+    return _text({key: value}, key, source)
+
+
+def _gpu(raw: Any, where: str) -> Gpu:
+    if not isinstance(raw, dict):
+        raise InventoryError(f"{where}: expected an object")
+    missing = [k for k in _REQUIRED_GPU_KEYS if k not in raw]
+    if missing:
+        raise InventoryError(f"{where}: missing {', '.join(missing)}")
+    index = _integer(raw, "index", where, 0, MAX_GPU_INDEX, "a GPU index")
+    total = _integer(raw, "memory_total_mib", where, 1, MAX_MEMORY_MIB, "a whole number of MiB")
+    used = _integer(
+        {"memory_used_mib": 0, **raw},
+        "memory_used_mib",
+        where,
+        0,
+        MAX_MEMORY_MIB,
+        "a whole number of MiB",
+    )
+    if used > total:
+        raise InventoryError(
+            f"{where}: memory_used_mib {used} must be between 0 and memory_total_mib {total}"
+        )
+    reserved = raw.get("memory_reserved_mib")
+    if reserved is not None and (
+        isinstance(reserved, bool) or not isinstance(reserved, int) or not 0 <= reserved < total
+    ):
+        raise InventoryError(
+            f"{where}: memory_reserved_mib {reserved!r} must be a whole number of MiB between "
+            f"0 and memory_total_mib {total} (or absent: a default for the GPU model is used)"
+        )
+    return Gpu(
+        index=index,
+        uuid=_text(raw, "uuid", where, default=f"GPU-{index}"),
+        name=_text(raw, "name", where),
+        memory_total_mib=total,
+        memory_used_mib=used,
+        compute_capability=_capability(raw, where),
+        mig_enabled=_mig(raw, where),
+        processes=_processes(raw, where, total),
+        memory_reserved_mib=reserved,
+    )
 
 
 def inventory_from_dict(data: Any, source: str = "<dict>") -> GpuInventory:
-    """Validate the `gpus --json` document; every problem names the file and the field."""
+    """Validate the `gpus --json` document strictly (no type is coerced into another); every
+    problem names the file and the field."""
     if not isinstance(data, dict):
         raise InventoryError(f"{source}: expected a JSON object with a 'gpus' list")
     raw_gpus = data.get("gpus")
@@ -90,59 +236,14 @@ def inventory_from_dict(data: Any, source: str = "<dict>") -> GpuInventory:
     seen: set[int] = set()
     for position, raw in enumerate(raw_gpus):
         where = f"{source}: gpus[{position}]"
-        if not isinstance(raw, dict):
-            raise InventoryError(f"{where}: expected an object")
-        missing = [k for k in _REQUIRED_GPU_KEYS if k not in raw]
-        if missing:
-            raise InventoryError(f"{where}: missing {', '.join(missing)}")
-        try:
-            index = int(raw["index"])
-            total = int(raw["memory_total_mib"])
-            used = int(raw.get("memory_used_mib", 0))
-            capability = str(raw["compute_capability"])
-            major, _, minor = capability.partition(".")
-            int(major), int(minor or 0)
-            processes = tuple(
-                GpuProcess(
-                    pid=int(p.get("pid", 0)),
-                    name=str(p.get("name", "?")),
-                    used_memory_mib=int(p.get("used_memory_mib", 0)),
-                )
-                for p in raw.get("processes", [])
-            )
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise InventoryError(f"{where}: bad value ({exc})") from None
-        if index in seen:
-            raise InventoryError(f"{where}: index {index} appears twice")
-        if total <= 0 or used < 0 or used > total:
-            raise InventoryError(
-                f"{where}: memory_used_mib {used} must be between 0 and memory_total_mib {total}"
-            )
-        reserved = raw.get("memory_reserved_mib")
-        if reserved is not None and (
-            isinstance(reserved, bool) or not isinstance(reserved, int) or not 0 <= reserved < total
-        ):
-            raise InventoryError(
-                f"{where}: memory_reserved_mib {reserved!r} must be a whole number of MiB between "
-                f"0 and memory_total_mib {total} (or absent: a default for the GPU model is used)"
-            )
-        seen.add(index)
-        gpus.append(
-            Gpu(
-                index=index,
-                uuid=str(raw.get("uuid", f"GPU-{index}")),
-                name=str(raw["name"]),
-                memory_total_mib=total,
-                memory_used_mib=used,
-                compute_capability=capability,
-                mig_enabled=bool(raw.get("mig_enabled", False)),
-                processes=processes,
-                memory_reserved_mib=reserved,
-            )
-        )
+        gpu = _gpu(raw, where)
+        if gpu.index in seen:
+            raise InventoryError(f"{where}: index {gpu.index} appears twice")
+        seen.add(gpu.index)
+        gpus.append(gpu)
     return GpuInventory(
-        driver_version=str(data.get("driver_version", "unknown")),
-        cuda_version=str(data.get("cuda_version", "unknown")),
+        driver_version=_version(data, "driver_version", source),
+        cuda_version=_version(data, "cuda_version", source),
         gpus=tuple(sorted(gpus, key=lambda g: g.index)),
         source=source,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployer.errors import InventoryError
-from deployer.gpus import MIB, Gpu, GpuInventory, GpuProcess
+from deployer.gpus import MIB, Gpu, GpuInventory, GpuProcess, printable
 
 NO_GPU_HINT = "pass --gpus-file FILE to plan for another box (see `qwen-deploy gpus --help`)"
 
@@ -60,7 +60,8 @@ def _read_gpu(pynvml: Any, index: int) -> Gpu:
         running = []
     for proc in running:
         try:
-            name = _text(pynvml.nvmlSystemGetProcessName(proc.pid))
+            # Any local user names their own process: escape what a terminal would obey.
+            name = printable(_text(pynvml.nvmlSystemGetProcessName(proc.pid)))
         except pynvml.NVMLError:
             name = "?"
         used = proc.usedGpuMemory or 0  # None when the driver cannot tell
@@ -68,7 +69,7 @@ def _read_gpu(pynvml: Any, index: int) -> Gpu:
     return Gpu(
         index=index,
         uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-        name=_text(pynvml.nvmlDeviceGetName(handle)),
+        name=printable(_text(pynvml.nvmlDeviceGetName(handle))),
         memory_total_mib=memory.total // MIB,
         memory_used_mib=memory.used // MIB,
         compute_capability=f"{major}.{minor}",
