@@ -28,6 +28,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 JSON_SCHEMA_VERSION = 1
 
 
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that refuses NaN and infinities (FloatRange lets NaN through: every
+    comparison with it is false) with one usage line, before a command can crash on them."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 @dataclass
 class AppContext:
     home: Path
