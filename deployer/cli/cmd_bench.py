@@ -270,10 +270,11 @@ def run_cmd(
 ) -> None:
     """Sweep concurrency x prompt length against the deployment's endpoints and save the run.
 
-    Streams chat completions with the deployment's keys and measures, per request, time to
-    first token, inter-token latency, output tokens/s and end-to-end latency; saves JSON,
-    CSV, a Markdown report and charts under the deployment's bench/ folder. Ctrl-C stops
-    and keeps the points already measured.
+    Streams chat completions with the deployment's keys and measures, per request, TTFT,
+    TPOT, ITL and E2EL as `vllm bench serve` defines them; saves JSON, CSV, a Markdown
+    report, charts and each point in `vllm bench serve`'s JSON under the deployment's bench/
+    folder. --request-rate runs an open loop (Poisson or bursty arrivals) instead of fixed
+    concurrency; --slo reports goodput. Ctrl-C stops and keeps the points already measured.
 
     Example: qwen-deploy bench mini micro --mixed --concurrency 1,2,4,8
     """

@@ -437,3 +437,48 @@ def test_open_endpoints_need_no_key(servers: dict[str, Server]) -> None:
         assert (real.status_code, standin.status_code) == (200, 200), path
     real, standin = _both(servers, "GET", "/version", key=None)
     assert _keys(real.json()) == _keys(standin.json()) == ["version"]
+
+
+def test_qwen_deploy_bench_measures_the_real_server(
+    servers: dict[str, Server], tmp_path: Path
+) -> None:
+    """`qwen-deploy bench` against the real CPU `vllm serve`: every request streams exactly
+    max_tokens tokens (ignore_eos), every metric is measured, and the run is saved with its
+    `vllm bench serve` JSON."""
+    from dataclasses import replace
+
+    from click.testing import CliRunner
+
+    from deployer.catalog import load_catalog
+    from deployer.cli.main import cli
+    from deployer.deployment import ENV_FILE, PLAN_FILE, DeploymentDir, render_env
+    from deployer.planner import plan
+    from deployer.profiles import load_profile
+    from tests.helpers import inventory
+
+    real = servers["real"]
+    port = int(real.url.rsplit(":", 1)[1])
+    planned = plan(inventory("1x-l4"), load_profile("single-gpu"), load_catalog())
+    service = replace(planned.service(SERVICE.name), port=port, bind="127.0.0.1")
+    one = replace(planned, services=(service,), start_waves=((service.name,),))
+    directory = DeploymentDir.named(tmp_path, one.deployment)
+    directory.path.mkdir(parents=True)
+    directory.file(PLAN_FILE).write_text(json.dumps(one.to_dict()))
+    directory.file(ENV_FILE).write_text(render_env({service.api_key_env: API_KEY}))
+    args = ["-c", "1,2", "-p", "32", "--max-tokens", "16", "--requests-per-point", "6", "--json"]
+    result = CliRunner().invoke(
+        cli, ["--home", str(tmp_path), "bench", service.name, *args], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output + real.tail()
+    data = json.loads(result.output)
+    assert [p["concurrency"] for p in data["points"]] == [1, 2]
+    for point in data["points"]:
+        assert point["ok"] == 6 and point["errors"] == 0, point["error_kinds"]
+        assert point["completion_tokens"] == 16  # real vLLM honours ignore_eos
+        assert point["prompt_tokens"] > 0  # the real tokenizer's count, from usage
+        assert point["ttft_ms"]["p50"] > 0 and point["tpot_ms"]["p50"] > 0
+        # A random model's token can decode to no text (half a UTF-8 character): no gap then.
+        assert 0 < point["itl_ms"]["count"] <= 6 * 15 and point["throughput_tps"] > 0
+    run_dir = Path(data["run_dir"])
+    documents = [json.loads(p.read_text()) for p in sorted((run_dir / "vllm").iterdir())]
+    assert [d["output_lens"] for d in documents] == [[16] * 6, [16] * 6]
