@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from deployer.cli.common import AppContext, PlannedProfile, warn_unauthenticated
+from deployer.targets import Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -94,3 +95,63 @@ def render_kubernetes_dir(
     for requirement in result.requirements:
         click.echo(f"the cluster needs: {requirement}")
     click.echo(f"deploy it with: kubectl apply -k {target_dir}")
+
+
+# --- up --target swarm and the commands that follow it -------------------------------------
+
+
+def up_target_options(func: F) -> F:
+    """--target and --skip-gpu-check of `up`."""
+    func = click.option(
+        "--skip-gpu-check",
+        is_flag=True,
+        help="swarm, stand-in engine only: do not require the node's NVIDIA-GPU generic "
+        "resources and nvidia default runtime (the stand-in uses no GPU).",
+    )(func)
+    return click.option(
+        "--target",
+        type=click.Choice(["compose", "swarm"]),
+        default=None,
+        help="compose: containers on this engine; swarm: services on the swarm this engine "
+        "manages [default: the deployment's recorded target, else compose].",
+    )(func)
+
+
+def up_target(
+    app: AppContext, client: Any, requested: str | None, engine: str, skip_gpu_check: bool
+) -> Target:
+    """The target `up` deploys to: as asked, else as recorded. Switching target is refused
+    while the other one still runs something of this deployment."""
+    from deployer.errors import StateError
+    from deployer.targets.record import read_target
+
+    if skip_gpu_check and engine != "stand-in":
+        raise click.UsageError("--skip-gpu-check is only for --engine stand-in (it uses no GPU)")
+    recorded, _ = read_target(app.deployment_dir.path)
+    target = Target(requested) if requested else recorded
+    if skip_gpu_check and target != Target.SWARM:
+        raise click.UsageError("--skip-gpu-check is only for --target swarm")
+    if target != recorded and _running_on(client, app.deployment, recorded):
+        raise StateError(
+            f"deployment {app.deployment!r} runs on {recorded}; it cannot move to {target} "
+            "while it does",
+            hint=f"`qwen-deploy down` first, then `qwen-deploy up --target {target}`",
+        )
+    return target
+
+
+def _running_on(client: Any, deployment: str, target: Target) -> bool:
+    if target == Target.SWARM:
+        from deployer.targets.swarm import existing_services
+
+        swarm = (client.info().get("Swarm") or {}).get("LocalNodeState") == "active"
+        return swarm and bool(existing_services(client, deployment))
+    from deployer.runtime.observed import containers
+
+    return bool(containers(client, deployment))
+
+
+def recorded_target(app: AppContext) -> Target:
+    from deployer.targets.record import read_target
+
+    return read_target(app.deployment_dir.path)[0]

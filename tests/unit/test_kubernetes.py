@@ -276,6 +276,15 @@ def test_keys_reach_pods_only_through_the_generated_secret(catalog: Catalog) -> 
         assert hf["optional"] is True and "value" not in env["HF_TOKEN"]
 
 
+def test_runtime_class_is_set_only_when_asked(catalog: Catalog) -> None:
+    _, plain = _render(catalog, "single-gpu", "3x-rtx4090")
+    _, nvidia = _render(catalog, "single-gpu", "3x-rtx4090", runtime_class="nvidia")
+    (deployment,) = _by_kind(nvidia, "Deployment").values()
+    assert _pod(deployment)["runtimeClassName"] == "nvidia"
+    _validate(deployment)
+    assert all("runtimeClassName" not in _pod(d) for d in _by_kind(plain, "Deployment").values())
+
+
 def test_stand_in_tiers_share_the_ledger_on_their_node(catalog: Catalog) -> None:
     _, render = _render(catalog, "tri-tier", "3x-rtx4090", engine="stand-in")
     for tier in ("mini", "micro"):
