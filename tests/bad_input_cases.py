@@ -147,6 +147,13 @@ def one_service(model: str, **extra: Any) -> Setup:
     return setup
 
 
+def gpus_file_with(name: str, fields: dict[str, Any]) -> Setup:
+    """A one-GPU `--gpus-file` in tmp whose GPU has these fields (the rest are an RTX 4090's)."""
+    gpu = {"index": 0, "name": "NVIDIA GeForce RTX 4090", "memory_total_mib": 24564,
+           "compute_capability": "8.9", **fields}  # fmt: skip
+    return file_in_tmp(name, json.dumps({"gpus": [gpu]}))
+
+
 def file_in_tmp(name: str, text: str) -> Setup:
     def setup(ws: Workspace) -> None:
         (ws.tmp / name).write_text(text)
@@ -454,6 +461,40 @@ CASES: tuple[Case, ...] = (
     Case("gpus-file-unreadable", "a `--gpus-file` that does not exist",
          ("plan", "-p", "{profile}", "--gpus-file", "{tmp}/none.json"), ExitCode.INVENTORY,
          "cannot read GPU file", "check the path", setup=GOOD),
+    # --- hardening: the GPU inventory (issue 14: D17, D19, D22, D31, D34, D35) -------------------
+    *(Case(f"gpus-file-{name}", situation, ("plan", "-p", "{profile}", "--gpus-file",
+                                            f"{{tmp}}/gpus-{name}.json"),
+           ExitCode.INVENTORY, fragment, fix,
+           setup=together(GOOD, gpus_file_with(f"gpus-{name}.json", fields)))
+      for name, situation, fields, fragment, fix in (
+        ("huge-memory", "a `--gpus-file` memory size no GPU has (`1e308`)",
+         {"memory_total_mib": 1e308}, "bad value for memory_total_mib: expected a whole number",
+         "write it with `qwen-deploy gpus --json`"),
+        ("zero-memory", "a `--gpus-file` GPU with 0 MiB of memory", {"memory_total_mib": 0},
+         "bad value for memory_total_mib: expected a whole number of MiB from 1",
+         "write it with `qwen-deploy gpus --json`"),
+        ("mig-as-text", 'a `--gpus-file` with `"mig_enabled": "false"` (text, not a boolean)',
+         {"mig_enabled": "false"}, "bad value for mig_enabled: expected true or false",
+         "write true or false without quotes"),
+        ("negative-index", "a `--gpus-file` GPU index below 0 (or above 1023)", {"index": -1},
+         "bad value for index: expected a GPU index from 0 to 1023",
+         "number the GPUs as NVML does: 0, 1, 2…"),
+        ("index-true", 'a `--gpus-file` with `"index": true`', {"index": True},
+         "bad value for index: expected a GPU index from 0 to 1023, got true",
+         "write the number"),
+        ("bad-processes", 'a `--gpus-file` with `"processes": "python"`', {"processes": "python"},
+         "bad value for processes: expected a list of objects",
+         'list them as `[{"pid": 4242, "name": "python", "used_memory_mib": 12288}]`'),
+        ("capability-three-parts", "a `--gpus-file` compute capability such as `8.9.1`",
+         {"compute_capability": "8.9.1"}, "is not MAJOR.MINOR",
+         "write it as NVML reports it, e.g. `8.9`"),
+        ("negative-capability", "a `--gpus-file` compute capability of `-1.0`",
+         {"compute_capability": "-1.0"}, "is not MAJOR.MINOR",
+         "write it as NVML reports it, e.g. `8.9`"),
+        ("name-control-chars", "a `--gpus-file` GPU name with a newline or a terminal escape",
+         {"name": "RTX\n4090\u001b[31mRED"}, "bad value for name:",
+         "write it with `qwen-deploy gpus --json`; names are printed on terminals"),
+    )),
     # --- the plan -------------------------------------------------------------------------------
     Case("gpu-index-out-of-range", "a GPU index the box does not have", UP, ExitCode.PLAN,
          "does not exist; this box has GPUs", "use an index that `qwen-deploy gpus` lists",
