@@ -66,7 +66,7 @@ class KubernetesRender:
     files: dict[str, str]  # file name -> text, everything but secrets.env
     secrets_env: str | None  # None when no tier has a key
     requirements: tuple[str, ...]
-    shared_claims: dict[str, int]  # ResourceClaim name -> the planned GPU it stands for
+    shared_claims: dict[str, gpu.GpuKey]  # ResourceClaim name -> the (node, GPU) it stands for
 
 
 def object_name(*parts: str) -> str:
@@ -97,8 +97,9 @@ class _Names:
     def hf_token(self) -> str:
         return object_name(self.prefix, "hf-token")
 
-    def shared_claim(self, index: int) -> str:
-        return object_name(self.prefix, "gpu", str(index))
+    def shared_claim(self, key: gpu.GpuKey) -> str:
+        node, index = key
+        return object_name(self.prefix, *([node] if node else []), "gpu", str(index))
 
     def exclusive_claim(self, service: ServicePlan) -> str:
         return object_name(self.prefix, service.name, "gpus")
@@ -211,7 +212,7 @@ def _deployment(
     binding = gpu.binding(
         plan,
         service,
-        {i: names.shared_claim(i) for i in plan.shared_gpus()},
+        {key: names.shared_claim(key) for key in gpu.shared(plan)},
         names.exclusive_claim(service),
         options.pin_gpu_product,
     )
@@ -250,9 +251,9 @@ def _deployment(
         pod["resourceClaims"] = [dict(c) for c in binding.pod_claims]
     if options.runtime_class:
         pod["runtimeClassName"] = options.runtime_class
-    node = getattr(service, "node", None)  # several-box plans name the node of each tier
+    node = gpu.node_of(service)  # several-box plans pin each tier to its node
     if node:
-        pod["nodeSelector"] = {"kubernetes.io/hostname": str(node)}
+        pod["nodeSelector"] = {"kubernetes.io/hostname": node}
     if service.start_after:
         pod["initContainers"] = [_start_gate(plan, service, names)]
     annotations = {
@@ -356,10 +357,10 @@ def kubernetes_objects(
     names = _Names(plan)
     specs = container_specs(plan, f"/{KUBERNETES_DIR}")
     objects: list[dict[str, Any]] = []
-    for index in plan.shared_gpus():
+    for key in gpu.shared(plan):
         objects.append(
             gpu.shared_claim(
-                plan, index, names.shared_claim(index), _labels(plan), options.pin_gpu_product
+                plan, key, names.shared_claim(key), _labels(plan), options.pin_gpu_product
             )
         )
     if gpu.uses_dra(plan):
@@ -416,6 +417,14 @@ def _secrets_env(plan: DeploymentPlan, api_keys: Mapping[str, str]) -> str | Non
     )
 
 
+def gpus_per_node(plan: DeploymentPlan) -> dict[str | None, int]:
+    """The planned GPUs per node: what the manifests may ask of each."""
+    boxes = getattr(plan, "nodes", ()) or ()
+    if boxes:
+        return {box.name: len(box.gpus) for box in boxes}
+    return {None: len(plan.gpus)}
+
+
 def render_kubernetes(
     plan: DeploymentPlan, api_keys: Mapping[str, str], options: KubernetesOptions | None = None
 ) -> KubernetesRender:
@@ -449,10 +458,10 @@ def render_kubernetes(
     ]
     files[KUSTOMIZATION] = _dump(kustomization, notes)
     files[".gitignore"] = f"{SECRETS_ENV}\n"
-    shared = {_Names(plan).shared_claim(i): i for i in plan.shared_gpus()}
+    shared = {_Names(plan).shared_claim(key): key for key in gpu.shared(plan)}
     # A bug here would deploy something the plan did not say: refuse to hand it out.
     problems = (
-        checks.gpu_total_problems(objects, len(plan.gpus))
+        checks.gpu_total_problems(objects, gpus_per_node(plan))
         + checks.shared_gpu_problems(plan, objects, shared)
         + checks.secret_problems(files, api_keys.values())
         + checks.probe_problems(plan, objects)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from typing import Any
 
+from deployer.memory_model import requested_bytes
 from deployer.plan import DeploymentPlan
-from deployer.planner import gpu_spare_bytes
+from deployer.planner import usable_room_bytes
 from deployer.targets import kubernetes_gpu as gpu
 from deployer.targets import sizing
 
@@ -36,44 +36,62 @@ def _claim_count(obj: dict[str, Any]) -> int:
     return sum(int(r["exactly"]["count"]) for r in spec["devices"]["requests"])
 
 
-def requested_gpus(manifests: Iterable[dict[str, Any]]) -> int:
-    """Physical GPUs the manifests take on their node: device-plugin limits, each pod's own
-    claim templates, and every shared claim once however many pods name it."""
+def _node(deployment: dict[str, Any]) -> str | None:
+    node = _pod(deployment).get("nodeSelector", {}).get("kubernetes.io/hostname")
+    return str(node) if node else None
+
+
+def requested_gpus(manifests: Iterable[dict[str, Any]]) -> dict[str | None, int]:
+    """Physical GPUs the manifests take per node (None: not pinned to one): device-plugin
+    limits, each pod's own claim templates, and every shared claim once however many pods
+    name it."""
     manifests = list(manifests)
     claims = {
         (m["kind"], m["metadata"]["name"]): _claim_count(m)
         for m in manifests
         if m["kind"] in ("ResourceClaim", "ResourceClaimTemplate")
     }
-    total = 0
-    shared: set[str] = set()
+    totals: dict[str | None, int] = {}
+    shared: dict[str, str | None] = {}
     for deployment in _deployments(manifests):
-        pod = _pod(deployment)
+        pod, node = _pod(deployment), _node(deployment)
         replicas = int(deployment["spec"].get("replicas", 1))
+        count = 0
         for container in pod["containers"]:
             limit = container.get("resources", {}).get("limits", {}).get(gpu.GPU_RESOURCE, 0)
-            total += int(limit) * replicas
+            count += int(limit) * replicas
         for claim in pod.get("resourceClaims", []):
             if "resourceClaimTemplateName" in claim:
                 name = claim["resourceClaimTemplateName"]
-                total += claims[("ResourceClaimTemplate", name)] * replicas
+                count += claims[("ResourceClaimTemplate", name)] * replicas
             else:
-                shared.add(claim["resourceClaimName"])
-    return total + sum(claims[("ResourceClaim", name)] for name in shared)
+                shared[claim["resourceClaimName"]] = node
+        totals[node] = totals.get(node, 0) + count
+    for name, node in shared.items():
+        totals[node] = totals.get(node, 0) + claims[("ResourceClaim", name)]
+    return totals
 
 
-def gpu_total_problems(manifests: Iterable[dict[str, Any]], gpus_on_node: int) -> list[str]:
-    asked = requested_gpus(manifests)
-    if asked > gpus_on_node:
-        return [f"the manifests ask for {asked} GPUs; the node has {gpus_on_node}"]
-    return []
+def gpu_total_problems(
+    manifests: Iterable[dict[str, Any]], gpus_per_node: Mapping[str | None, int]
+) -> list[str]:
+    """Each node is asked for no more GPUs than its inventory lists."""
+    problems = []
+    for node, asked in sorted(requested_gpus(manifests).items(), key=lambda i: str(i[0])):
+        has = gpus_per_node.get(node, 0)
+        if asked > has:
+            where = f"node {node}" if node else "the node"
+            problems.append(f"the manifests ask for {asked} GPUs; {where} has {has}")
+    return problems
 
 
 def shared_gpu_problems(
-    plan: DeploymentPlan, manifests: Iterable[dict[str, Any]], claim_gpu: Mapping[str, int]
+    plan: DeploymentPlan,
+    manifests: Iterable[dict[str, Any]],
+    claim_gpu: Mapping[str, gpu.GpuKey],
 ) -> list[str]:
     """Every tier runs with the plan's fraction; per shared claim, the tiers naming it are the
-    plan's tenants of that GPU and together ask for no more than the planner's own room rule
+    plan's tenants of that GPU and together ask for no more than the planner's room rule
     allows (the fractions are read back from the manifests, not from the plan)."""
     fractions: dict[str, float] = {}
     by_claim: dict[str, list[str]] = {}
@@ -90,24 +108,25 @@ def shared_gpu_problems(
         for claim in _pod(deployment).get("resourceClaims", []):
             if "resourceClaimName" in claim:
                 by_claim.setdefault(claim["resourceClaimName"], []).append(tier)
-    as_rendered = replace(
-        plan,
-        services=tuple(
-            replace(s, gpu_memory_utilization=fractions.get(s.name, s.gpu_memory_utilization))
-            for s in plan.services
-        ),
-    )
-    for name, tenants in sorted(by_claim.items()):
-        index = claim_gpu[name]
-        expected = sorted(s.name for s in plan.services_on(index))
-        if sorted(tenants) != expected:
+    for name, users in sorted(by_claim.items()):
+        key = claim_gpu[name]
+        on_it = gpu.tenants(plan).get(key, ())
+        expected = sorted(s.name for s in on_it)
+        if sorted(users) != expected:
             problems.append(
-                f"claim {name} (GPU {index}) is used by {sorted(tenants)}, the plan has {expected}"
+                f"claim {name} (GPU {key[1]}) is used by {sorted(users)}, the plan has {expected}"
             )
-        spare = gpu_spare_bytes(as_rendered, index)
-        if spare < 0:
+        planned_gpu = gpu.planned_gpu(plan, key)
+        if planned_gpu is None:
+            problems.append(f"claim {name}: GPU {key[1]} is not in the plan")
+            continue
+        room = usable_room_bytes(
+            planned_gpu, tensor_parallel_sizes=[s.tensor_parallel_size for s in on_it]
+        )
+        asked = sum(requested_bytes(planned_gpu, fractions[t]) for t in users)
+        if asked > room:
             problems.append(
-                f"claim {name} (GPU {index}): its tiers ask {-spare} bytes more than it has"
+                f"claim {name} (GPU {key[1]}): its tiers ask {asked - room} bytes more than it has"
             )
     return problems
 

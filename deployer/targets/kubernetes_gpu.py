@@ -17,8 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployer.gpus import Gpu
 from deployer.plan import DeploymentPlan, ServicePlan
 from deployer.vllm_pin import QUANTIZATIONS
+
+GpuKey = tuple[str | None, int]  # (node, index); the node is None in a one-box plan
 
 GPU_RESOURCE = "nvidia.com/gpu"  # the NVIDIA device plugin's extended resource
 DRA_DRIVER = "gpu.nvidia.com"  # NVIDIA's DRA driver (k8s-dra-driver-gpu); also its DeviceClass
@@ -98,19 +101,49 @@ class GpuBinding:
     affinity: dict[str, Any] | None = None
 
 
+def node_of(service: ServicePlan) -> str | None:
+    """The node a tier is planned on (several-box plans), None on one box."""
+    node = getattr(service, "node", None)
+    return str(node) if node else None
+
+
+def tenants(plan: DeploymentPlan) -> dict[GpuKey, tuple[ServicePlan, ...]]:
+    """Every planned GPU, by node and index, with the tiers on it in plan order."""
+    found: dict[GpuKey, list[ServicePlan]] = {}
+    for service in plan.services:
+        for index in service.gpus:
+            found.setdefault((node_of(service), index), []).append(service)
+    return {key: tuple(services) for key, services in found.items()}
+
+
+def shared(plan: DeploymentPlan) -> dict[GpuKey, tuple[ServicePlan, ...]]:
+    """Only the GPUs several tiers share."""
+    return {key: services for key, services in tenants(plan).items() if len(services) > 1}
+
+
+def planned_gpu(plan: DeploymentPlan, key: GpuKey) -> Gpu | None:
+    """The inventory's description of a planned GPU (of its node, in a several-box plan)."""
+    node, index = key
+    gpus = plan.gpus
+    for box in getattr(plan, "nodes", ()) or ():
+        if box.name == node:
+            gpus = box.gpus
+    return next((g for g in gpus if g.index == index), None)
+
+
 def uses_dra(plan: DeploymentPlan) -> bool:
     """Whether this plan needs Dynamic Resource Allocation (some GPU has several tiers)."""
-    return bool(plan.shared_gpus())
+    return bool(shared(plan))
 
 
 def need(
     plan: DeploymentPlan,
     services: tuple[ServicePlan, ...],
-    indices: tuple[int, ...],
+    keys: tuple[GpuKey, ...],
     pin_product: bool,
 ) -> GpuNeed:
     """The strictest need of these services on these planned GPUs."""
-    gpus = [g for g in (plan.gpu(i) for i in indices) if g is not None]
+    gpus = [g for g in (planned_gpu(plan, k) for k in keys) if g is not None]
     return GpuNeed(
         memory_mib=min(g.memory_total_mib for g in gpus),
         capability=max(QUANTIZATIONS[s.quantization].min_capability for s in services),
@@ -118,33 +151,35 @@ def need(
     )
 
 
-def exclusive_gpus(plan: DeploymentPlan, service: ServicePlan) -> tuple[int, ...]:
-    shared = plan.shared_gpus()
-    return tuple(i for i in service.gpus if i not in shared)
+def exclusive_gpus(plan: DeploymentPlan, service: ServicePlan) -> tuple[GpuKey, ...]:
+    common = shared(plan)
+    keys = tuple((node_of(service), i) for i in service.gpus)
+    return tuple(k for k in keys if k not in common)
 
 
 def binding(
     plan: DeploymentPlan,
     service: ServicePlan,
-    shared_claim_name: dict[int, str],
+    shared_claim_name: dict[GpuKey, str],
     exclusive_template_name: str,
     pin_product: bool,
 ) -> GpuBinding:
     """Device-plugin limits and affinity, or DRA claims, for one tier."""
+    keys = tuple((node_of(service), i) for i in service.gpus)
     if not uses_dra(plan):
         return GpuBinding(
             limits={GPU_RESOURCE: len(service.gpus)},
-            affinity=need(plan, (service,), service.gpus, pin_product).node_affinity(),
+            affinity=need(plan, (service,), keys, pin_product).node_affinity(),
         )
     pod_claims: list[dict[str, str]] = []
     if exclusive_gpus(plan, service):
         pod_claims.append(
             {"name": CLAIM_NAME, "resourceClaimTemplateName": exclusive_template_name}
         )
-    for index in service.gpus:
-        if index in shared_claim_name:
+    for key in keys:
+        if key in shared_claim_name:
             pod_claims.append(
-                {"name": f"gpu-{index}", "resourceClaimName": shared_claim_name[index]}
+                {"name": f"gpu-{key[1]}", "resourceClaimName": shared_claim_name[key]}
             )
     return GpuBinding(
         pod_claims=tuple(pod_claims),
@@ -165,11 +200,11 @@ def _request(count: int, gpu_need: GpuNeed) -> dict[str, Any]:
 
 
 def shared_claim(
-    plan: DeploymentPlan, index: int, name: str, labels: dict[str, str], pin_product: bool
+    plan: DeploymentPlan, key: GpuKey, name: str, labels: dict[str, str], pin_product: bool
 ) -> dict[str, Any]:
     """One ResourceClaim for a GPU several tiers share: every pod that names it gets the same
     device (DRA allocates a claim once; its consumers share it)."""
-    tenants = plan.services_on(index)
+    on_it = tenants(plan)[key]
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaim",
@@ -177,15 +212,13 @@ def shared_claim(
             "name": name,
             "labels": labels,
             "annotations": {
-                "qwen-deploy/tenants": ",".join(s.name for s in tenants),
+                "qwen-deploy/tenants": ",".join(s.name for s in on_it),
                 "qwen-deploy/gpu-memory-utilization": ",".join(
-                    f"{s.name}={s.gpu_memory_utilization:g}" for s in tenants
+                    f"{s.name}={s.gpu_memory_utilization:g}" for s in on_it
                 ),
             },
         },
-        "spec": {
-            "devices": {"requests": [_request(1, need(plan, tenants, (index,), pin_product))]}
-        },
+        "spec": {"devices": {"requests": [_request(1, need(plan, on_it, (key,), pin_product))]}},
     }
 
 
@@ -217,11 +250,12 @@ def cluster_requirements(plan: DeploymentPlan) -> tuple[str, ...]:
             "the NVIDIA device plugin (nvidia.com/gpu) and GPU-feature-discovery node labels "
             f"({GFD_MEMORY}, {GFD_MAJOR}, {GFD_MINOR}), e.g. from the NVIDIA GPU Operator",
         )
-    shared = ", ".join(
-        f"GPU {i} ({' and '.join(names)})" for i, names in plan.shared_gpus().items()
+    on = ", ".join(
+        f"GPU {index}{f' of {node}' if node else ''} ({' and '.join(s.name for s in on_it)})"
+        for (node, index), on_it in shared(plan).items()
     )
     return (
-        f"tiers share {shared}: the manifests use Dynamic Resource Allocation, which needs "
+        f"tiers share {on}: the manifests use Dynamic Resource Allocation, which needs "
         "Kubernetes 1.34 or newer (resource.k8s.io/v1; stable in 1.35)",
         f"NVIDIA's DRA driver for GPUs (DeviceClass {DRA_DRIVER}) on the GPU nodes",
         "the device plugin must not hand out the same GPUs (disable its nvidia.com/gpu "

@@ -89,12 +89,12 @@ def test_every_shipped_profile_on_every_box_it_fits_validates_and_passes_the_che
                 pytest.fail(f"{profile} on {box} ({engine}): {name}: {exc.message}")
         objects = list(render.manifests.values())
         where = f"{profile} on {box} ({engine})"
-        assert checks.gpu_total_problems(objects, len(inventory(box).gpus)) == [], where
+        assert checks.gpu_total_problems(objects, {None: len(inventory(box).gpus)}) == [], where
         assert checks.shared_gpu_problems(result, objects, render.shared_claims) == [], where
         assert checks.secret_problems(render.files, keys_for(result).values()) == [], where
         assert checks.probe_problems(result, objects) == [], where
         # The GPUs asked for are exactly the plan's, not merely within the box.
-        assert checks.requested_gpus(objects) == len(result.gpus), where
+        assert checks.requested_gpus(objects) == {None: len(result.gpus)}, where
 
 
 def test_strict_validation_rejects_what_the_cluster_would(catalog: Catalog) -> None:
@@ -133,7 +133,7 @@ def test_shared_gpu_uses_one_claim_for_both_co_tenants_and_an_exclusive_one_for_
 ) -> None:
     _, render = _render(catalog, "tri-tier", "3x-rtx4090")
     claims = _by_kind(render, "ResourceClaim")
-    assert list(claims) == ["qwen3-gpu-2"] and render.shared_claims == {"qwen3-gpu-2": 2}
+    assert list(claims) == ["qwen3-gpu-2"] and render.shared_claims == {"qwen3-gpu-2": (None, 2)}
     assert claims["qwen3-gpu-2"]["spec"]["devices"]["requests"][0]["exactly"]["count"] == 1
     templates = _by_kind(render, "ResourceClaimTemplate")
     assert list(templates) == ["qwen3-medium-gpus"]

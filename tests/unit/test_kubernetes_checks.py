@@ -62,11 +62,15 @@ def test_gpu_totals_beyond_the_node_are_caught(catalog: Catalog) -> None:
     _, render, _ = _tri_tier(catalog)
     objects = _objects(render)
     # Shared claim counted once: 2 (medium's template) + 1 (GPU 2), not 2 + 1 + 1.
-    assert checks.requested_gpus(objects) == 3
-    assert checks.gpu_total_problems(objects, 3) == []
-    assert checks.gpu_total_problems(objects, 2) == ["the manifests ask for 3 GPUs; the node has 2"]
+    assert checks.requested_gpus(objects) == {None: 3}
+    assert checks.gpu_total_problems(objects, {None: 3}) == []
+    assert checks.gpu_total_problems(objects, {None: 2}) == [
+        "the manifests ask for 3 GPUs; the node has 2"
+    ]
     _container(objects, "micro")["resources"]["limits"] = {gpu.GPU_RESOURCE: 1}
-    assert checks.gpu_total_problems(objects, 3) == ["the manifests ask for 4 GPUs; the node has 3"]
+    assert checks.gpu_total_problems(objects, {None: 3}) == [
+        "the manifests ask for 4 GPUs; the node has 3"
+    ]
 
 
 def test_fractions_on_a_shared_gpu_beyond_the_plan_are_caught(catalog: Catalog) -> None:
