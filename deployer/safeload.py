@@ -46,6 +46,9 @@ def read_text(
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character, at a byte offset
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character or "?")
+        return f"control character U+{code:04X} at position {exc.position}"
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or "syntax error"
     return f"line {mark.line + 1}: {problem}" if mark else str(problem)
@@ -110,7 +113,10 @@ def _expanded_size(root: yaml.Node) -> tuple[int, int]:
 
 def load_yaml(text: str, source: str, error: type[DeployError]) -> Any:
     """One YAML document, strictly: syntax, duplicate keys, alias expansion and depth."""
-    loader = StrictLoader(text)
+    try:
+        loader = StrictLoader(text)  # the reader refuses control characters at once
+    except yaml.YAMLError as exc:
+        raise error(f"{source}: not valid YAML ({yaml_problem(exc)})") from None
     try:
         node = loader.get_single_node()
         if node is None:
