@@ -98,6 +98,7 @@ class ServicePlan:
     environment: tuple[tuple[str, str], ...]
     utilization_planned: bool  # False when the profile fixed gpu_memory_utilization
     auth: AuthMode = AuthMode.KEY  # NONE: no API key (the profile said so, up/render confirmed)
+    node: str | None = None  # several-box plans: the node (inventory) this service runs on
 
     @property
     def api_key_env(self) -> str:
@@ -135,6 +136,42 @@ class ServicePlan:
 
 
 @dataclass(frozen=True)
+class NodePlan:
+    """One box of a several-box plan: its name, where its inventory came from, its GPUs."""
+
+    name: str
+    inventory_source: str
+    gpus: tuple[Gpu, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> NodePlan:
+        return cls(
+            name=str(raw["name"]),
+            inventory_source=str(raw["inventory_source"]),
+            gpus=tuple(_gpu_from_dict(g) for g in raw["gpus"]),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One GPU of the plan: what its services ask of it and what stays free."""
+
+    node: str | None
+    index: int
+    name: str
+    total: int  # bytes, cudaMemGetInfo's total
+    free: int  # bytes free when planned
+    asks: tuple[tuple[str, int], ...]  # (service, bytes it asks: its budget)
+
+    @property
+    def spare(self) -> int:
+        return self.free - sum(b for _, b in self.asks)
+
+
+@dataclass(frozen=True)
 class DeploymentPlan:
     deployment: str
     profile: str
@@ -147,6 +184,7 @@ class DeploymentPlan:
     services: tuple[ServicePlan, ...]
     start_waves: tuple[tuple[str, ...], ...]
     warnings: tuple[str, ...] = ()
+    nodes: tuple[NodePlan, ...] = ()  # several boxes; empty for a one-box plan (see `gpus`)
 
     def service(self, name: str) -> ServicePlan:
         for service in self.services:
@@ -157,13 +195,46 @@ class DeploymentPlan:
             hint=f"services are {', '.join(s.name for s in self.services)}",
         )
 
-    def gpu(self, index: int) -> Gpu | None:
-        """The planned GPU with this index, as the inventory described it."""
-        return next((g for g in self.gpus if g.index == index), None)
+    def gpu(self, index: int, node: str | None = None) -> Gpu | None:
+        """The planned GPU with this index (on `node` in a several-box plan)."""
+        gpus = self.gpus
+        if node is not None:
+            gpus = next((n.gpus for n in self.nodes if n.name == node), ())
+        return next((g for g in gpus if g.index == index), None)
 
-    def services_on(self, index: int) -> tuple[ServicePlan, ...]:
-        """The services that use GPU `index`, in profile order."""
-        return tuple(s for s in self.services if index in s.gpus)
+    def services_on(self, index: int, node: str | None = None) -> tuple[ServicePlan, ...]:
+        """The services that use GPU `index` (of `node`, when given), in profile order."""
+        return tuple(
+            s for s in self.services if index in s.gpus and (node is None or s.node == node)
+        )
+
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+    def ledger(self) -> tuple[LedgerRow, ...]:
+        """Per node and GPU: each service's budget and what stays free (the per-GPU truth
+        that targets without per-GPU scheduling, like Swarm, keep themselves)."""
+        from deployer.memory_model import cuda_free_bytes, cuda_total_bytes
+
+        boxes: list[tuple[str | None, tuple[Gpu, ...]]] = [(n.name, n.gpus) for n in self.nodes]
+        boxes = boxes or [(None, self.gpus)]
+        rows = []
+        for node, gpus in boxes:
+            for gpu in gpus:
+                tenants = self.services_on(gpu.index, node)
+                if not tenants:
+                    continue
+                rows.append(
+                    LedgerRow(
+                        node=node,
+                        index=gpu.index,
+                        name=gpu.name,
+                        total=cuda_total_bytes(gpu),
+                        free=cuda_free_bytes(gpu),
+                        asks=tuple((s.name, s.memory.budget) for s in tenants),
+                    )
+                )
+        return tuple(rows)
 
     def tenants_by_gpu(self) -> dict[int, tuple[str, ...]]:
         """GPU index -> names of the services on it, for every GPU some service uses."""
@@ -180,7 +251,11 @@ class DeploymentPlan:
     def co_tenants(self, name: str) -> tuple[ServicePlan, ...]:
         """The other services that share at least one GPU with `name`."""
         me = self.service(name)
-        return tuple(s for s in self.services if s.name != me.name and set(s.gpus) & set(me.gpus))
+        return tuple(
+            s
+            for s in self.services
+            if s.name != me.name and s.node == me.node and set(s.gpus) & set(me.gpus)
+        )
 
     def starts_after(self, name: str) -> ServicePlan | None:
         """The service that must be ready before `name` starts (None: it starts at once)."""
@@ -194,6 +269,7 @@ class DeploymentPlan:
         data = asdict(self)
         data["engine"] = self.engine.value
         data["services"] = [s.to_dict() for s in self.services]
+        data["nodes"] = [n.to_dict() for n in self.nodes]
         data["schema_version"] = PLAN_SCHEMA_VERSION
         return data
 
@@ -204,12 +280,9 @@ class DeploymentPlan:
             raise ValueError(
                 f"schema_version {data.get('schema_version')!r} is not {PLAN_SCHEMA_VERSION}"
             )
-        gpus = []
-        for raw in data["gpus"]:
-            raw = dict(raw)
-            raw["processes"] = tuple(_build(GpuProcess, p) for p in raw.get("processes", []))
-            gpus.append(_build(Gpu, raw))
+        gpus = [_gpu_from_dict(raw) for raw in data["gpus"]]
         top = dict(data)
+        top["nodes"] = tuple(NodePlan.from_dict(n) for n in data.get("nodes", []))
         top["engine"] = Engine(data["engine"])
         top["services"] = tuple(ServicePlan.from_dict(raw) for raw in data["services"])
         top["gpus"] = tuple(gpus)
@@ -221,6 +294,12 @@ class DeploymentPlan:
 def plan_from_dict(data: dict[str, Any]) -> DeploymentPlan:
     """`DeploymentPlan.from_dict` as a function (deployment.py and bench import it)."""
     return DeploymentPlan.from_dict(data)
+
+
+def _gpu_from_dict(raw: dict[str, Any]) -> Gpu:
+    raw = dict(raw)
+    raw["processes"] = tuple(_build(GpuProcess, p) for p in raw.get("processes", []))
+    return _build(Gpu, raw)  # type: ignore[no-any-return]
 
 
 def _build(cls: type[Any], raw: dict[str, Any]) -> Any:

@@ -68,14 +68,17 @@ def plan(
         return
     for reason in planned.reasons:
         click.echo(reason)
+    gpu_count = len(result.gpus) + sum(len(n.gpus) for n in result.nodes)
+    boxes = f" on {len(result.nodes)} node(s)" if result.nodes else ""
     click.echo(
-        f"profile {result.profile} on {len(result.gpus)} GPU(s), vLLM {result.vllm_version} "
+        f"profile {result.profile} on {gpu_count} GPU(s){boxes}, vLLM {result.vllm_version} "
         f"({result.image})"
     )
     rows = []
     for s in result.services:
         rows.append(
-            [
+            ([s.node or "-"] if result.nodes else [])
+            + [
                 s.name,
                 s.model,
                 ",".join(map(str, s.gpus)),
@@ -91,6 +94,7 @@ def plan(
         )
     headers = ["SERVICE", "MODEL", "GPUS", "TP", "GPU-MEM", "CONTEXT", "SEQS", "KV-DTYPE",
                "KV-TOKENS", "FULL-CTX", "PORT"]  # fmt: skip
+    headers = (["NODE"] if result.nodes else []) + headers
     click.echo(table(headers, rows))
     click.echo(
         "\nmemory per GPU (GiB): budget = weights + activations + non-torch + graphs + "
@@ -107,6 +111,14 @@ def plan(
     for s in result.services:
         for line in expected_lines(s):
             click.echo(f"  {s.name}: {line}")
+    if result.nodes:
+        click.echo("\nledger per node and GPU (GiB): free = what the services ask + spare")
+        for row in result.ledger():
+            asks = " + ".join(f"{name} {size / GIB:.2f}" for name, size in row.asks)
+            click.echo(
+                f"  {row.node} GPU {row.index} ({row.name}): {row.free / GIB:.2f} = {asks} + "
+                f"{row.spare / GIB:.2f}"
+            )
     order = " -> ".join("[" + ", ".join(wave) + "]" for wave in result.start_waves)
     click.echo(f"start order: {order}")
     for warning in result.warnings:
@@ -172,6 +184,14 @@ def render(
     from deployer.render import render_files
 
     planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
+    if planned.plan.nodes and target != "kubernetes":
+        from deployer.errors import TargetUnsupported
+
+        raise TargetUnsupported(
+            f"a plan over {len(planned.plan.nodes)} nodes cannot be one compose file: compose "
+            "runs on one host",
+            hint="render it with --target kubernetes, or plan one box (one --gpus-file)",
+        )
     if target == "kubernetes":
         render_kubernetes_dir(
             app, planned, allow_unauthenticated, output, model_cache, storage_class,

@@ -57,12 +57,48 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
+# One box: a path. Several (plan, render): one NODE=FILE per node, named after the node.
+GpusFiles = Path | tuple[tuple[str, Path], ...] | None
+SEVERAL_BOX_COMMANDS = ("plan", "render")
+
+
+class _GpusFile(click.types.StringParamType):
+    name = "[NODE=]FILE"
+    envvar_list_splitter = os.path.pathsep  # QWEN_DEPLOY_GPUS_FILE=a=one.json:b=two.json
+
+
+def _gpus_files(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> GpusFiles:
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return Path(values[0])
+    if ctx.info_name not in SEVERAL_BOX_COMMANDS:
+        raise click.BadParameter(
+            "one file only here; several (NODE=FILE, one per node) work with `plan` and `render`",
+            ctx,
+            param,
+        )
+    named: list[tuple[str, Path]] = []
+    for value in values:
+        node, sep, path = value.partition("=")
+        if not sep:
+            node, path = Path(value).stem, value
+        if node in {n for n, _ in named}:
+            raise click.BadParameter(f"node {node!r} is named twice", ctx, param)
+        named.append((node, Path(path)))
+    return tuple(named)
+
+
 def gpus_file_option(func: F) -> F:
     return click.option(
         "--gpus-file",
-        type=click.Path(dir_okay=False, path_type=Path),
+        "gpus_file",
+        type=_GpusFile(),
+        multiple=True,
+        callback=_gpus_files,
         envvar="QWEN_DEPLOY_GPUS_FILE",
-        help="Read the GPU inventory from this JSON file (as `gpus --json` prints), not NVML.",
+        help="Read the GPU inventory from this JSON file (as `gpus --json` prints), not NVML. "
+        "`plan` and `render` take it once per node as NODE=FILE for a plan over several boxes.",
     )(func)
 
 
@@ -144,6 +180,8 @@ def profiles_dir() -> Path:
 
 
 def load_inventory(gpus_file: Path | None) -> GpuInventory:
+    if isinstance(gpus_file, tuple):  # several boxes reach only make_plan (plan, render)
+        raise click.UsageError("this command reads one --gpus-file")
     if gpus_file is not None:
         from deployer.gpus import load_inventory_file
 
@@ -169,18 +207,27 @@ class PlannedProfile:
 def make_plan(
     app: AppContext,
     profile_name: str,
-    gpus_file: Path | None,
+    gpus_file: GpusFiles,
     engine: str,
     models_files: tuple[Path, ...] = (),
     image: str | None = None,
 ) -> PlannedProfile:
-    """Inventory + profile (or 'auto') + catalog -> plan."""
+    """Inventory + profile (or 'auto') + catalog -> plan; several NODE=FILE: one per node."""
     from deployer.planner import PlanOptions, choose_profile, plan
     from deployer.profiles import load_all_profiles, load_profile
 
-    inventory = load_inventory(gpus_file)
     catalog = load_catalog(models_files)
     options = PlanOptions(deployment=app.deployment, engine=engine, image=image or None)
+    if isinstance(gpus_file, tuple):
+        from deployer.gpus import load_inventory_file
+        from deployer.multibox import plan_boxes
+
+        if profile_name == "auto":
+            raise click.UsageError("--profile auto plans one box; name a profile for several")
+        boxes = {node: load_inventory_file(path) for node, path in gpus_file}
+        profile = load_profile(profile_name, profiles_dir())
+        return PlannedProfile(profile, plan_boxes(boxes, profile, catalog, options))
+    inventory = load_inventory(gpus_file)
     if profile_name == "auto":
         profiles = load_all_profiles(profiles_dir())
         choice = choose_profile(inventory, profiles, catalog, options)
