@@ -15,7 +15,7 @@ help:
 	@echo "make check      ruff lint + format check + mypy"
 	@echo "make bench      benchmarks in benchmarks/ (needs Docker and the stand-in image)"
 
-$(BIN)/qwen-deploy: pyproject.toml
+$(BIN)/qwen-deploy: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -72,4 +72,4 @@ vllm-check: venv
 	bash scripts/vllm-check.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist
