@@ -326,8 +326,18 @@ def _caches(
 
 
 def _gateway_objects(plan: DeploymentPlan, names: _Names) -> list[dict[str, Any]]:
-    """Hook: the gateway (deployer/gateway) becomes one more Deployment and Service once the
-    plan carries it; plans without one render none."""
+    """Hook for the gateway (deployer/gateway): one more Deployment and Service once the plan
+    carries a `gateway` section (`gateway.config.plan_gateway`). Its container runs
+    `python -m deployer.gateway --plan plan.json --upstream network`, which reaches tiers at
+    http://<tier>:8000; here that needs the tiers' Service names (`names.tier`) passed as its
+    upstream URLs, an image with qwen-deploy in it, plan.json as a ConfigMap and the gateway
+    keys in secrets.env. Plans without a gateway render none."""
+    if getattr(plan, "gateway", None) is not None:
+        raise TargetUnsupported(
+            "the plan has a gateway, which the Kubernetes target does not render yet",
+            hint="render without the profile's gateway section and run `qwen-deploy gateway "
+            "serve` beside the cluster, or deploy with --target compose",
+        )
     return []
 
 

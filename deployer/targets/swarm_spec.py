@@ -102,6 +102,12 @@ def secret_name(plan: DeploymentPlan, tier: str, purpose: str, value: str) -> st
 
 def refuse_unexpressible(plan: DeploymentPlan) -> None:
     """Raise TargetUnsupported for what Swarm cannot do that the plan asks for."""
+    if getattr(plan, "gateway", None) is not None:
+        raise TargetUnsupported(
+            "the plan has a gateway, which the Swarm target does not deploy yet",
+            hint="deploy the tiers without the profile's gateway section and run `qwen-deploy "
+            "gateway serve` on the node, or deploy with --target compose",
+        )
     local = [s for s in plan.services if s.bind not in WILDCARD_BINDS]
     if local:
         names = ", ".join(f"{s.name} ({s.bind}:{s.port})" for s in local)
@@ -224,6 +230,9 @@ def check_node(
         return NodeCheck(tuple(problems), tuple(notes))
     wanted = {g.uuid: g.index for g in plan.gpus}
     missing = sorted(set(wanted) - advertised_gpus(node_attrs))
+    if any(getattr(s, "node", None) for s in plan.services):
+        missing = []  # each tier is pinned to its node by hostname; one node is inspected here
+        notes.append("several-box plan: the GPU generic resources of each node are not checked")
     if missing:
         entries = ", ".join(f'"{GPU_KIND}={uuid}"' for uuid in sorted(wanted))
         problems.append(
