@@ -38,6 +38,8 @@ def floor3(fraction: float) -> float:
 
 @dataclass
 class Draft:
+    """A service while the planner sizes it: mutable `utilization`, its notes so far."""
+
     spec: ServiceSpec
     ckpt: Checkpoint
     gpus: tuple[int, ...]
@@ -65,6 +67,8 @@ class Draft:
 
 
 def batch_settings(spec: ServiceSpec, gpus: list[Gpu], where: str) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens): the profile's, else vLLM's default for the GPU
+    (which vLLM picks from the CUDA total)."""
     cuda_mib = min(cuda_total_bytes(g) for g in gpus) // MIB
     default_seqs, default_batched = batch_defaults(gpus[0].name, cuda_mib)
     seqs = spec.max_num_seqs or default_seqs
