@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,9 +22,9 @@ log = logging.getLogger("qwen_deploy.gateway")
 CLIENT_CLOSED = 499  # nginx's code for a request the client abandoned
 
 
-def build_app(config: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+def build_app(config: GatewayConfig) -> FastAPI:
     """The gateway for one deployment; health monitoring runs while the app does."""
-    gateway = Gateway(config, transport)
+    gateway = Gateway(config)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployer.gateway import routing
+from deployer.gateway import routing, wire
 from deployer.gateway.admission import GroupGate, KeyLimiter
 from deployer.gateway.config import GatewayConfig, GatewayKey
 from deployer.gateway.errors import ApiError, utf8_error
@@ -78,15 +77,11 @@ class Call:
 
 
 class Gateway:
-    def __init__(
-        self, config: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
         started = time.monotonic()
-        self.clients = {
-            t.name: TierClient(t, config.limits, started, transport) for t in config.tiers
-        }
+        self.clients = {t.name: TierClient(t, config.limits, started) for t in config.tiers}
         limits = config.limits
         self.gates = {
             g.name: GroupGate(g, limits.max_queue, limits.queue_timeout_s) for g in config.groups
@@ -258,18 +253,15 @@ class Gateway:
             body["stream_options"] = options
         return json.dumps(body, ensure_ascii=False).encode(), strip_usage
 
-    async def _open(self, call: Call, client: TierClient, content: bytes) -> httpx.Response:
+    async def _open(self, call: Call, client: TierClient, content: bytes) -> wire.Response:
         """Send the request; retry a refused connection or a 502/503 (nothing reached the
         client yet) a few times with a short jittered backoff."""
         retries = self.config.limits.retries
         headers = {"content-type": "application/json", "x-request-id": call.rid}
         for attempt in range(retries + 1):
-            request = client.client.build_request(
-                "POST", call.path, content=content, headers=headers
-            )
             try:
-                response = await client.client.send(request, stream=True)
-            except httpx.TransportError as exc:
+                response = await client.pool.request("POST", call.path, content, headers)
+            except wire.UpstreamError as exc:
                 if attempt < retries:
                     await asyncio.sleep(RETRY_BACKOFF_S * (1 + random.random()) * (attempt + 1))
                     continue
@@ -293,7 +285,9 @@ class Gateway:
         headers = self._answer_headers(call, name)
         if not call.stream or upstream.status_code != 200:
             try:
-                data = await upstream.aread()
+                data = await upstream.read()
+            except wire.UpstreamError as exc:
+                raise ApiError(502, f"tier {name} failed: {exc}", tier=name) from None
             finally:
                 await upstream.aclose()
             self.metrics.ttft.labels(name).observe(time.monotonic() - started)
@@ -302,12 +296,12 @@ class Gateway:
             self.metrics.requests.labels(name, call.key.name, str(upstream.status_code)).inc()
             lease.release()
             return Response(data, upstream.status_code, headers, "application/json")
-        chunks = upstream.aiter_raw()
+        chunks = upstream.chunks()
         try:
             first = await asyncio.wait_for(
                 chunks.__anext__(), self.config.limits.first_byte_timeout_s
             )
-        except (asyncio.TimeoutError, StopAsyncIteration, httpx.HTTPError) as exc:
+        except (asyncio.TimeoutError, StopAsyncIteration, wire.UpstreamError) as exc:
             await upstream.aclose()
             if isinstance(exc, asyncio.TimeoutError):
                 raise ApiError(
@@ -316,7 +310,9 @@ class Gateway:
                     f"{self.config.limits.first_byte_timeout_s:g} s",
                     tier=name,
                 ) from None
-            raise ApiError(502, f"tier {name} closed the stream before its first byte") from None
+            raise ApiError(
+                502, f"tier {name} closed the stream before its first byte", tier=name
+            ) from None
         self.metrics.ttft.labels(name).observe(time.monotonic() - started)
         tap: Tap = (
             Seed004Tap(call.rid, name) if call.seed else OpenAITap(strip_usage, call.rid, name)

@@ -11,11 +11,12 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from deployer.gateway.errors import stream_error_event
+from deployer.gateway.wire import Response as UpstreamResponse
+from deployer.gateway.wire import UpstreamError
 
 T = TypeVar("T")
 KEEPALIVE = b": keep-alive\n\n"
@@ -158,7 +159,7 @@ class RelayResponse(Response):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         first: bytes,
         chunks: AsyncIterator[bytes],
         tap: Tap,
@@ -207,7 +208,7 @@ class RelayResponse(Response):
                     last[0] = time.monotonic()
                     queue.put_nowait(chunk)
                 queue.put_nowait(None)
-            except (httpx.HTTPError, OSError) as exc:
+            except (UpstreamError, OSError) as exc:
                 queue.put_nowait(exc)
 
         async def tick() -> None:

@@ -14,6 +14,7 @@ import httpx
 from deployer.gateway.admission import parse_saturation
 from deployer.gateway.config import Limits, Tier
 from deployer.gateway.errors import ApiError
+from deployer.gateway.wire import Pool, UpstreamError
 
 log = logging.getLogger("qwen_deploy.gateway")
 CHECK_TIMEOUT_S = 5.0
@@ -44,7 +45,6 @@ class TierClient:
         tier: Tier,
         limits: Limits,
         started: float | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.tier = tier
         self.limits = limits
@@ -62,10 +62,11 @@ class TierClient:
             limits=httpx.Limits(
                 max_connections=None, max_keepalive_connections=512, keepalive_expiry=30.0
             ),
-            transport=transport,
         )
+        self.pool = Pool(tier.base_url, headers, limits.connect_timeout_s)  # completions
 
     async def aclose(self) -> None:
+        self.pool.close()
         await self.client.aclose()
 
     @property
@@ -186,6 +187,8 @@ class TierClient:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UpstreamError):
+        return str(exc)
     if isinstance(exc, httpx.ConnectError):
         return "connection refused"
     if isinstance(exc, httpx.TimeoutException):

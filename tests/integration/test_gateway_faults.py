@@ -37,7 +37,9 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     d.stop()
 
 
-def stream(d: Deployment, model: str, max_tokens: int, timeout: float = 30) -> requests.Response:
+def stream(
+    d: Deployment, model: str, max_tokens: int, timeout: float = 30, **extra: object
+) -> requests.Response:
     return requests.post(
         d.gateway.url + "/v1/chat/completions",
         headers=d.headers(),
@@ -47,6 +49,7 @@ def stream(d: Deployment, model: str, max_tokens: int, timeout: float = 30) -> r
             "max_tokens": max_tokens,
             "stream": True,
             "chat_template_kwargs": {"enable_thinking": False},
+            **extra,
         },
         stream=True,
         timeout=timeout,
@@ -55,7 +58,7 @@ def stream(d: Deployment, model: str, max_tokens: int, timeout: float = 30) -> r
 
 def test_a_tier_killed_mid_stream_ends_it_with_an_error_event(deployment: Deployment) -> None:
     started = time.monotonic()
-    with stream(deployment, "mini", 500) as answer:
+    with stream(deployment, "mini", 500, ignore_eos=True) as answer:
         assert answer.status_code == 200
         lines = answer.iter_lines(decode_unicode=True)
         first = [next(lines) for _ in range(6)]
@@ -102,7 +105,7 @@ def test_a_client_that_leaves_aborts_the_request_on_the_tier(deployment: Deploym
     mini = deployment.tiers["mini"]
     aborts = 'vllm:request_success_total{model_name="Qwen/Qwen3-8B-AWQ",engine="0",finished_reason="abort"}'
     before = mini.metrics().get(aborts, 0.0)
-    answer = stream(deployment, "mini", 1000)  # 20 s of tokens at 50/s
+    answer = stream(deployment, "mini", 1000, ignore_eos=True)  # 20 s of tokens at 50/s
     lines = answer.iter_lines()
     next(lines)
     next(lines)
@@ -111,7 +114,9 @@ def test_a_client_that_leaves_aborts_the_request_on_the_tier(deployment: Deploym
     while time.monotonic() < deadline and mini.metrics().get(aborts, 0.0) <= before:
         time.sleep(0.1)
     assert mini.metrics().get(aborts, 0.0) == before + 1
-    assert mini.metrics()['vllm:num_requests_running{model_name="Qwen/Qwen3-8B-AWQ",engine="0"}'] == 0
+    assert (
+        mini.metrics()['vllm:num_requests_running{model_name="Qwen/Qwen3-8B-AWQ",engine="0"}'] == 0
+    )
 
 
 def test_a_tier_not_started_yet_is_loading(tmp_path: Path) -> None:
@@ -189,3 +194,25 @@ def test_a_thousand_streams_lose_nothing_and_count_every_token(tmp_path: Path) -
             assert requests_line in text
     finally:
         d.stop()
+
+
+def test_a_client_that_leaves_a_non_streamed_request_aborts_it_too(deployment: Deployment) -> None:
+    mini = deployment.tiers["mini"]
+    aborts = 'vllm:request_success_total{model_name="Qwen/Qwen3-8B-AWQ",engine="0",finished_reason="abort"}'
+    before = mini.metrics().get(aborts, 0.0)
+    with pytest.raises(requests.Timeout):
+        requests.post(
+            deployment.gateway.url + "/v1/chat/completions",
+            headers=deployment.headers(),
+            json={
+                "model": "mini",
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 1000,
+                "ignore_eos": True,
+            },
+            timeout=(2, 0.5),  # 20 s of tokens at 50/s; the client gives up after 0.5 s
+        )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and mini.metrics().get(aborts, 0.0) <= before:
+        time.sleep(0.1)
+    assert mini.metrics().get(aborts, 0.0) == before + 1
