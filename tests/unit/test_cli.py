@@ -150,3 +150,45 @@ def test_environment_variables_configure_options(tmp_path: Path) -> None:
     result = run(tmp_path, "plan", "--json", env=env)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["profile"] == "tri-tier"
+
+
+def test_json_errors_are_a_json_document_on_stdout_too(tmp_path: Path) -> None:
+    """`… --json | jq` reads an error document, and stderr keeps its one `error:` line."""
+    t4 = str(GPU_FILES / "1x-t4.json")
+    for args, code in (
+        (("plan", "-p", "tri-tier", "--gpus-file", t4, "--json"), ExitCode.PLAN),
+        (("gpus", "--json", "--gpus-file", str(tmp_path / "missing.json")), ExitCode.INVENTORY),
+        (("-d", "nothing-here", "endpoints", "--json"), ExitCode.STATE),
+        (("plan", "--json", "--bogus"), ExitCode.USAGE),
+    ):
+        result = run(tmp_path, *args)
+        assert result.exit_code == code, result.output
+        document = json.loads(result.stdout)
+        assert document["kind"] == "error" and document["schema_version"] == 1
+        assert document["error"]["exit_code"] == code
+        assert document["error"]["class"] == code.name.lower()
+        [line] = result.stderr.splitlines()
+        assert line.startswith("error: ") and document["error"]["message"] in line
+    plain = run(tmp_path, "plan", "-p", "tri-tier", "--gpus-file", t4)
+    assert plain.exit_code == ExitCode.PLAN and plain.stdout == ""  # no --json: no document
+
+
+def test_endpoints_takes_json_like_every_other_command(tmp_path: Path) -> None:
+    assert run(tmp_path, "render", "-p", "tri-tier", "--gpus-file", BOX).exit_code == 0
+    flag = run(tmp_path, "endpoints", "--json")
+    fmt = run(tmp_path, "endpoints", "--format", "json")
+    assert flag.exit_code == 0 and json.loads(flag.stdout) == json.loads(fmt.stdout)
+    assert json.loads(flag.stdout)["kind"] == "endpoints"
+
+
+def test_render_warns_like_plan_and_up(tmp_path: Path) -> None:
+    """D30: an open bind is named on stderr by render too, not only in a compose comment."""
+    profile = tmp_path / "open.yaml"
+    data = yaml.safe_load(
+        (GPU_FILES.parent.parent.parent / "profiles" / "tri-tier.yaml").read_text()
+    )
+    data["services"]["micro"]["bind"] = "0.0.0.0"
+    profile.write_text(yaml.safe_dump(data))
+    result = run(tmp_path, "render", "-p", str(profile), "--gpus-file", BOX)
+    assert result.exit_code == 0, result.output
+    assert "note: micro: port" in result.stderr and "binds every interface" in result.stderr

@@ -175,3 +175,43 @@ services:
     )
     profile = parse_profile(data, "mine.yaml")
     assert profile.models["me/my-qwen"].family.layers == 28
+
+
+# --- extra_args against vLLM 0.33's option table (D5, D9, D26) ---------------------------------
+
+
+def test_extra_args_are_checked_against_vllms_option_table() -> None:
+    from deployer.vllm_options import check_extra_args, serve_options
+
+    options = serve_options()
+    assert len(options) > 400 and options["-tp"].canonical == "--tensor-parallel-size"
+    allowed = (
+        ["--enable-prefix-caching"],
+        ["--max-loras", "2", "--seed=-1"],
+        ["--no-enable-prefix-caching"],
+        ["--allowed-media-domains", "a.example", "b.example", "--max-logprobs", "5"],
+        ["--chat-template", "{{ messages }}\n"],
+    )
+    for args in allowed:
+        assert check_extra_args(list(args), "x") is None, args
+    refused = {
+        ("--api-key", "k"): "would write a secret",
+        ("--api_key=k",): "would write a secret",
+        ("--hf-token", "hf_x"): "would write a secret",
+        ("--max-model-len", "4096"): "set by the plan; use the profile's context",
+        ("--max_model_len=4096",): "set by the plan",
+        ("-tp", "2"): "set by the plan; use the profile's gpus / gpu_count",
+        ("--port", "9999"): "use the profile's port",
+        ("--hf-overrides.rope_theta", "1"): "set by the plan",
+        ("--no-enforce-eager",): "use the profile's enforce_eager",
+        ("--rope-scaling", "{}"): "is not an option of `vllm serve` 0.33",
+        ("--max-lora", "2"): "did you mean --max-loras?",
+        ("--max-loras",): "--max-loras needs a value",
+        ("--enable-prefix-caching", "yes"): "takes no value",
+        ("Qwen/Qwen3-8B",): "is not an option",
+        ("--seed", "1\x00"): "control characters",
+    }
+    for args, problem in refused.items():
+        found = check_extra_args(list(args), "x")
+        assert found is not None and problem in found, (args, found)
+    assert "at most 64" in (check_extra_args(["--enable-prefix-caching"] * 65, "x") or "")

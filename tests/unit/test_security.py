@@ -100,3 +100,68 @@ def test_open_binds_and_open_endpoints_are_warned_about(catalog: Catalog) -> Non
     )
     assert {s.bind for s in default.services} == {"127.0.0.1"}
     assert not any("binds every interface" in w or "auth: none" in w for w in default.warnings)
+
+
+# --- the deployment directory is private (D2, D3, D4, D14, D15) ----------------------------------
+
+
+def test_state_dirs_and_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    from deployer.deployment import DeploymentDir
+
+    old = os.umask(0)
+    try:
+        directory = DeploymentDir(tmp_path / "home" / "a" / "qwen3")
+        directory.write_files({"compose.yaml": "x\n", ".env": "A=1\n", "plan.json": "{}\n"})
+        with directory.lock():
+            pass
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "home", tmp_path / "home" / "a", directory.path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    for name in ("compose.yaml", ".env", "plan.json", ".lock"):
+        assert stat.S_IMODE(directory.file(name).stat().st_mode) == 0o600, name
+
+
+def test_state_that_is_not_a_plain_private_file_is_refused(tmp_path: Path) -> None:
+    from deployer.deployment import DeploymentDir
+    from deployer.errors import StateError
+
+    directory = DeploymentDir(tmp_path / "qwen3")
+    directory.write_files({".env": "QWEN_DEPLOY_API_KEY_A=abcdefgh12\n"})
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    directory.file(".lock").symlink_to(victim)
+    with pytest.raises(StateError, match="symbolic link"), directory.lock():
+        pass
+    directory.file(".lock").unlink()
+    os.link(victim, directory.file(".lock"))  # a hard link is another file's content too
+    with pytest.raises(StateError, match="other hard links"), directory.lock():
+        pass
+    assert victim.read_text() == "keep me\n"
+    directory.file(".lock").unlink()
+    if os.geteuid() == 0:  # chown needs root: another user's .env
+        os.chown(directory.file(".env"), 65534, 65534)
+        with pytest.raises(StateError, match="belongs to nobody, not to you"):
+            directory.read_env()
+        os.chown(directory.file(".env"), 0, 0)
+    directory.path.chmod(0o775)
+    with pytest.raises(StateError, match=r"may be changed by other users \(mode 0775\)"):
+        directory.read_env()
+
+
+def test_os_errors_are_state_errors_with_the_path_and_a_fix(tmp_path: Path) -> None:
+    import errno
+
+    from deployer.statefs import os_errors
+
+    for code, hint in (
+        (errno.ENOSPC, "the disk is full"),
+        (errno.EACCES, "check the owner and mode"),
+        (errno.EPERM, "immutable"),
+        (errno.ENOTDIR, "a file stands where a directory should be"),
+    ):
+        with pytest.raises(Exception) as caught, os_errors("write the plan", tmp_path):
+            raise OSError(code, os.strerror(code), str(tmp_path / "plan.json"))
+        text = str(caught.value)
+        assert type(caught.value).__name__ == "StateError"
+        assert text.startswith(f"cannot write the plan: {tmp_path}/plan.json: ") and hint in text
