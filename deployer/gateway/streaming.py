@@ -282,6 +282,9 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
     listen = asyncio.ensure_future(wait_disconnect(receive))
     try:
         await asyncio.wait({task, listen}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server is stopping: stop the work too
+        task.cancel()
+        raise
     finally:
         listen.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
