@@ -14,6 +14,7 @@ setup(
     package_dir={f"deployer.data.{name}": name for name in SHIPPED},
     package_data={
         "deployer": ["py.typed", "data/*.yaml"],
+        "deployer.cli": ["help.txt"],  # what `qwen-deploy --help` prints without importing click
         # Everything in the stand-in's build context: its Dockerfile, data files, sources.
         "deployer.standin": ["*", "**/*"],
         **{f"deployer.data.{name}": [pattern] for name, pattern in SHIPPED.items()},

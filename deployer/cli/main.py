@@ -27,7 +27,8 @@ class LazyCommand:
 
 # Every command, loaded only when it runs, so that `--help` imports no command module and a
 # command imports only its own (Docker, jinja2, matplotlib stay out of `plan`). A unit test
-# checks this table against the modules' COMMANDS: a new command adds its line here.
+# checks this table against the modules' COMMANDS: a new command adds its line here (and
+# regenerates help.txt, which `--help` prints without importing click: see entry.py).
 LAZY_COMMANDS: dict[str, LazyCommand] = {
     "bench": LazyCommand(
         "cmd_bench", "Measure each tier under load: throughput, TTFT, ITL, latency per concurrency."

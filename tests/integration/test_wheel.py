@@ -98,6 +98,7 @@ def test_wheel_and_sdist_ship_profiles_and_templates(installed: Installed) -> No
         for file in files:
             assert f"deployer/data/{directory}/{file}" in names, (directory, file)
     assert "deployer/data/models.yaml" in names and "deployer/py.typed" in names
+    assert "deployer/cli/help.txt" in names  # `--help` without importing click
     listing = run(["tar", "tzf", str(installed.sdist)], installed.workdir).split()
     for directory, files in shipped_files().items():
         for file in files:
@@ -121,6 +122,11 @@ def test_profiles_lists_every_shipped_profile(installed: Installed) -> None:
     expected = [Path(name).stem for name in shipped_files()["profiles"]]
     assert listed == expected, out
     assert f"{len(expected)} profiles in " in out
+
+
+def test_help_is_the_checkouts(installed: Installed) -> None:
+    stored = (ROOT / "deployer" / "cli" / "help.txt").read_text()
+    assert installed.qwen_deploy("--help") == stored
 
 
 def test_models_lists_the_catalog(installed: Installed) -> None:

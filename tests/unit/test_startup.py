@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,56 @@ def test_an_unknown_command_is_still_a_usage_error() -> None:
     result = CliRunner().invoke(main.cli, ["plann"])
     assert result.exit_code == 2
     assert "No such command 'plann'" in result.output
+
+
+def run_entry(*args: str, columns: str) -> tuple[str, set[str]]:
+    """`qwen-deploy ARGS` through the console script's function: its output and its imports."""
+    script = (
+        "import json, sys\n"
+        f"sys.argv = ['qwen-deploy', *{list(args)!r}]\n"
+        "from deployer.cli.entry import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('\\x00' + json.dumps(sorted(sys.modules)))\n"
+    )
+    env = {**os.environ, "COLUMNS": columns}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env
+    ).stdout
+    text, _, modules = out.rpartition("\x00")
+    return text, set(json.loads(modules))
+
+
+def clicks_help(columns: str) -> str:
+    env = {**os.environ, "COLUMNS": columns}
+    return subprocess.run(
+        [sys.executable, "-m", "deployer.cli.main", "--help"],
+        cwd=ROOT, capture_output=True, text=True, env=env, check=True,
+    ).stdout  # fmt: skip
+
+
+def test_the_stored_help_is_what_click_prints() -> None:
+    """Regenerate: COLUMNS=80 python -m deployer.cli.main --help > deployer/cli/help.txt"""
+    stored = (ROOT / "deployer" / "cli" / "help.txt").read_text()
+    assert stored == clicks_help("80") == clicks_help("200")
+    assert "Commands:" in stored and "  plan " in stored
+
+
+def test_help_on_a_wide_terminal_imports_neither_click_nor_any_command() -> None:
+    stored = (ROOT / "deployer" / "cli" / "help.txt").read_text()
+    for flag in ("--help", "-h"):
+        text, modules = run_entry(flag, columns="120")
+        assert text == stored
+        assert "click" not in modules and "deployer.cli.main" not in modules
+
+
+def test_a_narrow_terminal_and_every_other_command_go_to_click() -> None:
+    text, modules = run_entry("--help", columns="60")
+    assert text == clicks_help("60") != clicks_help("80")
+    assert "click" in modules
+    text, modules = run_entry("profiles", columns="120")
+    assert "tri-tier" in text and "deployer.cli.cmd_inventory" in modules
+
+
+def test_the_console_script_is_the_entry_function() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'qwen-deploy = "deployer.cli.entry:main"' in pyproject

@@ -23,7 +23,7 @@ from deployer.targets.swarm_spec import (
     check_node,
     swarm_services,
 )
-from tests.conftest import inventory
+from tests.helpers import inventory
 
 NODE = "node.id==abc123"
 
