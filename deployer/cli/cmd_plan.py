@@ -180,8 +180,7 @@ def render(
 
     Example: qwen-deploy render --profile tri-tier --gpus-file box.json
     """
-    from deployer.deployment import resolve_api_keys
-    from deployer.render import render_files
+    from deployer.render import render_deployment
 
     planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
     if planned.plan.nodes and target != "kubernetes":
@@ -202,17 +201,11 @@ def render(
 
     check_binds_here(planned.plan)  # the directory is on this host: so are its ports
     directory = app.deployment_dir
-    with directory.lock():
-        keys = resolve_api_keys(
-            planned.plan,
-            planned.profile,
-            directory.read_env(),
-            os.environ,
-            allow_unauthenticated,
-        )
-        directory.write_files(render_files(planned.plan, str(directory.path), keys))
+    result = render_deployment(
+        directory, planned.plan, planned.profile, os.environ, allow_unauthenticated
+    )
     # The same notes as `plan` and `up` (an open bind, a shared GPU), once the files are there.
-    for warning in planned.plan.warnings:
+    for warning in result.warnings:
         click.echo(f"note: {warning}", err=True)
     warn_unauthenticated(planned.plan)
     click.echo(f"wrote {directory.path}/compose.yaml, .env and plan.json")

@@ -392,3 +392,24 @@ def test_a_failed_write_leaves_complete_files(
     assert sorted(p.name for p in directory.path.iterdir()) == sorted(names)  # no temp files
     assert stat.S_IMODE(os.stat(directory.file(".env")).st_mode) == 0o600
     assert directory.load_plan() == tri_tier
+
+
+def test_render_deployment_writes_the_files_and_says_which_keys_it_made(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    from deployer.render import render_deployment
+
+    data = yaml.safe_load(Path(load_profile("tri-tier").source).read_text())
+    for service in data["services"].values():
+        service.pop("api_key")  # keys generated on the first render
+    profile = parse_profile(data, "<generated-keys>")
+    result = plan(inventory("3x-rtx4090"), profile, catalog, PlanOptions())
+    directory = DeploymentDir(tmp_path / "qwen3")
+    first = render_deployment(directory, result, profile, {})
+    assert first.files == (".env", "compose.yaml", "plan.json")
+    assert first.generated_keys == ("medium", "mini", "micro")
+    assert first.warnings == result.warnings
+    assert directory.load_plan() == result
+    keys = directory.read_env()
+    again = render_deployment(directory, result, profile, {})
+    assert again.generated_keys == () and directory.read_env() == keys  # kept, not replaced
