@@ -125,7 +125,8 @@ def clicks_help(columns: str) -> str:
 def test_the_stored_help_is_what_click_prints() -> None:
     """Regenerate: COLUMNS=80 python -m deployer.cli.main --help > deployer/cli/help.txt"""
     stored = (ROOT / "deployer" / "cli" / "help.txt").read_text()
-    assert stored == clicks_help("80") == clicks_help("200")
+    regenerate = "COLUMNS=80 python -m deployer.cli.main --help > deployer/cli/help.txt"
+    assert stored == clicks_help("80") == clicks_help("200"), f"regenerate it: {regenerate}"
     assert "Commands:" in stored and "  plan " in stored
 
 
