@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     LOCKED = 10
     NAME_TAKEN = 11
     INTERRUPTED = 130
+    TERMINATED = 143  # SIGTERM during up/restart (128 + 15, as a shell reports it)
 
 
 class DeployError(Exception):

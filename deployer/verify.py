@@ -183,6 +183,7 @@ class _Client:
     retry: RetryPolicy
     attempts: int = 0  # of the latest send()
     reached: bool = False  # the server has answered at least once
+    container_state: str | None = None  # the engine's word for the service's container
 
     def remaining(self) -> float:
         return self.deadline - self.retry.clock()
@@ -280,9 +281,26 @@ def error_text(response: requests.Response) -> str:
     )
 
 
-def _http_failure(response: requests.Response, what: str) -> _CheckFailed:
+def _impostor(client: _Client, service: ServicePlan) -> str | None:
+    """What to say when the service's own container is not running, yet something answers on
+    its port: that something is another process, whatever it answers (D24)."""
+    state = client.container_state
+    if state is None or state == "running":
+        return None
+    return (
+        f"the container of {service.name} is {state}, so another process answers on port "
+        f"{service.port}"
+    )
+
+
+def _http_failure(
+    response: requests.Response, what: str, client: _Client | None = None, service: Any = None
+) -> _CheckFailed:
     status = response.status_code
     text = error_text(response)
+    other = _impostor(client, service) if client is not None and service is not None else None
+    if other:
+        return _CheckFailed(f"{what}: HTTP {status}" + (f": {text}" if text else "") + f"; {other}")
     if status == 401:
         return _CheckFailed(
             f"{what}: 401 {text or 'Unauthorized'}: the key in the deployment's .env was "
@@ -291,9 +309,11 @@ def _http_failure(response: requests.Response, what: str) -> _CheckFailed:
     return _CheckFailed(f"{what}: HTTP {status}" + (f": {text}" if text else ""))
 
 
-def _json(response: requests.Response, what: str) -> dict[str, Any]:
+def _json(
+    response: requests.Response, what: str, client: _Client | None = None, service: Any = None
+) -> dict[str, Any]:
     if response.status_code != 200:
-        raise _http_failure(response, what)
+        raise _http_failure(response, what, client, service)
     try:
         data = response.json()
     except ValueError:
@@ -326,15 +346,18 @@ def _check_health(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
 
 
 def _check_models(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
-    data = _json(client.send("GET", "/v1/models", key=client.api_key), "/v1/models")
+    data = _json(
+        client.send("GET", "/v1/models", key=client.api_key), "/v1/models", client, service
+    )
     entries = [e for e in data.get("data") or [] if isinstance(e, dict)]
     served = [str(e.get("id")) for e in entries]
     metrics: Metrics = {"models": served}
     entry = next((e for e in entries if e.get("id") == service.served_model_name), None)
     if entry is None:
+        other = _impostor(client, service) or f"another container on port {service.port}?"
         raise _CheckFailed(
             f"serves {', '.join(served) or 'no model'}, not the planned "
-            f"{service.served_model_name!r} (another container on port {service.port}?)",
+            f"{service.served_model_name!r} ({other})",
             metrics,
         )
     length = entry.get("max_model_len")
@@ -368,9 +391,14 @@ def _check_auth(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
         response.close()
         statuses[label.replace(" ", "_")] = response.status_code
         if response.status_code == 200:
+            other = _impostor(client, service)
             raise _CheckFailed(
-                f"/v1/models answered 200 with {label}: the endpoint is open to anyone "
-                "(the container must get VLLM_API_KEY or --api-key)",
+                f"/v1/models answered 200 with {label}: "
+                + (
+                    other
+                    or "the endpoint is open to anyone (the container must get "
+                    "VLLM_API_KEY or --api-key)"
+                ),
                 statuses,
             )
         if response.status_code != 401:
@@ -416,7 +444,7 @@ def _check_chat(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
     body = chat_body(service, CHAT_PROMPT, thinking=False, max_tokens=CHAT_MAX_TOKENS)
     start = time.perf_counter()
     response = client.send("POST", "/v1/chat/completions", key=client.api_key, body=body)
-    data = _json(response, "chat completion")
+    data = _json(response, "chat completion", client, service)
     latency = time.perf_counter() - start
     message, finish = _choice(data, "chat completion")
     content = message.get("content") or ""
@@ -452,7 +480,7 @@ def _check_stream(client: _Client, service: ServicePlan) -> tuple[str, Metrics]:
     )
     with response:
         if response.status_code != 200:
-            raise _http_failure(response, "streaming chat completion")
+            raise _http_failure(response, "streaming chat completion", client, service)
         kind = response.headers.get("Content-Type", "")
         if "text/event-stream" not in kind:
             raise _CheckFailed(f"answered {kind or 'no Content-Type'}, not text/event-stream")
@@ -493,7 +521,7 @@ def _check_thinking(client: _Client, service: ServicePlan) -> tuple[str, Metrics
     body = chat_body(service, THINKING_PROMPT, thinking=True, max_tokens=THINKING_MAX_TOKENS)
     start = time.perf_counter()
     response = client.send("POST", "/v1/chat/completions", key=client.api_key, body=body)
-    data = _json(response, "chat completion with thinking")
+    data = _json(response, "chat completion with thinking", client, service)
     latency = time.perf_counter() - start
     message, finish = _choice(data, "chat completion with thinking")
     # vLLM 0.33 names the field `reasoning`; releases before it used `reasoning_content`.
@@ -570,10 +598,15 @@ def verify_service(
     *,
     deadline_s: float = DEFAULT_DEADLINE_S,
     retry: RetryPolicy = DEFAULT_RETRY,
+    container_state: str | None = None,
 ) -> ServiceVerification:
-    """Run every check against one service; later checks are skipped when /health fails."""
+    """Run every check against one service; later checks are skipped when /health fails.
+    `container_state` (the engine's, when the caller knows it) turns answers from a port whose
+    container is not running into "another process answers" instead of advice about the
+    container."""
     base_url = base_url.rstrip("/")
     client = _Client(session, base_url, api_key, retry.clock() + deadline_s, deadline_s, retry)
+    client.container_state = container_state
     results: list[CheckResult] = []
     for check, fn in _CHECK_FUNCTIONS:
         if results and not results[0].ok:
@@ -609,10 +642,12 @@ def verify_plan(
     host: str | None = None,
     deadline_s: float = DEFAULT_DEADLINE_S,
     retry: RetryPolicy = DEFAULT_RETRY,
+    container_states: Mapping[str, str] | None = None,
 ) -> VerificationReport:
     """Verify the named services (aliases allowed; all when None), one after another, each
     within its own deadline (so one service that never loads does not starve the others, and
-    timings are not skewed by concurrent checks). keys is the deployment's .env mapping."""
+    timings are not skewed by concurrent checks). keys is the deployment's .env mapping;
+    container_states (service -> the engine's state), when known, sharpens the advice."""
     chosen = [plan.service(n) for n in services] if services else list(plan.services)
     chosen = list({s.name: s for s in chosen}.values())
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -625,6 +660,7 @@ def verify_plan(
             keys.get(service.api_key_env, ""),
             deadline_s=deadline_s,
             retry=retry,
+            container_state=(container_states or {}).get(service.name),
         )
         for service in chosen
     ]

@@ -394,6 +394,17 @@ CASES: tuple[Case, ...] = (
          (*UP, "--hf-token-file", "{tmp}/token"), ExitCode.USAGE,
          "must hold one token on one line", "put the token alone on the first line",
          setup=together(GOOD, file_in_tmp("token", "hf_abc\nhf_def\n"))),
+    # Edge numbers of the runtime commands (D17): NaN passes a plain FloatRange, huge ages
+    # overflow datetime.
+    Case("up-timeout-nan", "`up --timeout nan`", (*UP, "--timeout", "nan"), ExitCode.USAGE,
+         "'nan' is not a finite number", "give a number of seconds", setup=GOOD),
+    Case("status-watch-nan", "`status --watch nan`", ("status", "--watch", "nan"),
+         ExitCode.USAGE, "'nan' is not a finite number", "give a number of seconds"),
+    Case("verify-deadline-nan", "`verify --deadline nan`", ("verify", "micro", "--deadline", "nan"),
+         ExitCode.USAGE, "'nan' is not a finite number", "give a number of seconds"),
+    Case("logs-since-huge", "`logs --since 99999999999d`, before any log line could be",
+         ("logs", "micro", "--since", "99999999999d"), ExitCode.USAGE,
+         "'99999999999d' is out of range", "use 10m, 2h, 1d, a Unix time or a date"),
     Case("bench-absurd-concurrency", "`bench --concurrency` far above what one client runs",
          ("bench", "mini", "-c", "100000000", "-p", "16", "--max-tokens", "4",
           "--requests-per-point", "1"), ExitCode.USAGE,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,6 +15,7 @@ import click
 
 from deployer.cli.common import (
     AppContext,
+    FiniteFloat,
     allow_unauthenticated_option,
     docker_client,
     is_terminal,
@@ -48,7 +51,7 @@ def wait_option(func: Any) -> Any:
     return click.option(
         "--wait",
         "wait_s",
-        type=click.FloatRange(min=0),
+        type=FiniteFloat(min=0),
         default=0,
         show_default=True,
         metavar="SECONDS",
@@ -60,7 +63,7 @@ def timeout_option(func: Any) -> Any:
     return click.option(
         "--timeout",
         "timeout_s",
-        type=click.FloatRange(min=1),
+        type=FiniteFloat(min=1),
         default=None,
         metavar="SECONDS",
         help="Seconds each service may take to answer /v1/models once started "
@@ -160,23 +163,53 @@ def up(
         return
     client = docker_client()
     printer = ProgressPrinter([s.name for s in plan.services])
-    # Notes only for a plan that passed the checks and is going to be applied: errors stay
-    # one line.
-    done = _interruptible(
-        printer, lambda: runtime.up(client, request, printer, lambda _: _notes(plan))
-    )
-    _report(done.result, plan)
-    if not no_verify:
-        _verify(app.deployment_dir, plan, done.keys)
+    with _sigterm_interrupts():
+        # Notes only for a plan that passed the checks and is going to be applied: errors
+        # stay one line.
+        done = _interruptible(
+            printer, lambda: runtime.up(client, request, printer, lambda _: _notes(plan))
+        )
+        _report(done.result, plan)
+        if not no_verify:
+            _verify(app.deployment_dir, plan, done.keys)
 
 
 def _interruptible(printer: ProgressPrinter, run: Callable[[], T]) -> T:
-    """Run an up or restart; Ctrl-C names what was started before it propagates."""
+    """Run an up or restart; Ctrl-C or SIGTERM names what was started before it propagates."""
+    from deployer.runtime import Terminated
+
     try:
         return run()
+    except Terminated:
+        say_interrupted(printer.board, terminated=True)
+        raise
     except KeyboardInterrupt:
         say_interrupted(printer.board)
         raise
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (systemd, `timeout`, a cancelled CI job) stops `up`/`restart` the way Ctrl-C
+    does instead of killing it mid-way; it exits 143 after saying what was left running."""
+    from deployer.errors import ExitCode
+    from deployer.runtime import Terminated
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    except Terminated:
+        click.echo("terminated", err=True)
+        raise SystemExit(ExitCode.TERMINATED) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _report(result: ApplyResult, plan: DeploymentPlan) -> None:
@@ -296,7 +329,7 @@ def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> No
 @click.option(
     "--watch",
     "watch_s",
-    type=click.FloatRange(min=0.5),
+    type=FiniteFloat(min=0.5),
     default=None,
     metavar="SECONDS",
     help="Refresh every SECONDS until Ctrl-C.",
@@ -329,19 +362,25 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 def parse_since(text: str, now: datetime | None = None) -> datetime | int:
     """`10m`, `2h`, `30s`, `1d`, a Unix time or an ISO 8601 date/time."""
     now = now or datetime.now(timezone.utc)
-    match = _RELATIVE.match(text.strip())
-    if match:
-        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
-        return now - timedelta(**{unit: float(match.group(1))})
-    if text.strip().isdigit():
-        return int(text)
+    hint = "use 10m, 2h, 30s, 1d, a Unix time or an ISO date/time"
     try:
-        stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        match = _RELATIVE.match(text.strip())
+        if match:
+            unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+            return now - timedelta(**{unit: float(match.group(1))})
+        if text.strip().isdigit():
+            datetime.fromtimestamp(int(text), timezone.utc)  # in range for the engine too
+            return int(text)
+        try:
+            stamp = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: {hint}", param_hint="--since") from None
+        return stamp if stamp.tzinfo else stamp.astimezone()
+    except (OverflowError, OSError, ValueError):
+        # A time before year 1 or after 9999 (`99999999999d`): no log line is that old.
         raise click.BadParameter(
-            f"{text!r}: use 10m, 2h, 30s, 1d, a Unix time or an ISO date/time", param_hint="--since"
+            f"{text!r} is out of range: {hint}", param_hint="--since"
         ) from None
-    return stamp if stamp.tzinfo else stamp.astimezone()
 
 
 @click.command()
@@ -403,9 +442,11 @@ def restart(
     client = docker_client()
     request = runtime.RestartRequest(directory, plan, chosen, timeout_s=timeout_s, wait_s=wait_s)
     printer = ProgressPrinter(chosen or [s.name for s in plan.services])
-    _report(
-        _interruptible(printer, lambda: runtime.restart_deployment(client, request, printer)), plan
-    )
+    with _sigterm_interrupts():
+        result = _interruptible(
+            printer, lambda: runtime.restart_deployment(client, request, printer)
+        )
+        _report(result, plan)
 
 
 COMMANDS = [up, down, status, logs, restart]

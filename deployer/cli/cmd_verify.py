@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 import click
 
 from deployer import __version__
-from deployer.cli.common import AppContext, json_option, pass_app, print_json, table, use_color
+from deployer.cli.common import (
+    AppContext,
+    FiniteFloat,
+    json_option,
+    pass_app,
+    print_json,
+    table,
+    use_color,
+)
 from deployer.deployment import ENV_FILE, DeploymentDir
 
 if TYPE_CHECKING:
@@ -32,11 +40,34 @@ def run_verification(
 
     from deployer.verify import record, verify_plan
 
+    states = container_states(plan.deployment)
     with requests.Session() as session:
         session.headers["User-Agent"] = f"qwen-deploy/{__version__} verify"
-        report = verify_plan(session, plan, keys, services, host=host, deadline_s=deadline_s)
+        report = verify_plan(
+            session,
+            plan,
+            keys,
+            services,
+            host=host,
+            deadline_s=deadline_s,
+            container_states=states,
+        )
     record(directory, report)
     return report
+
+
+def container_states(deployment: str) -> dict[str, str] | None:
+    """Service -> the engine's state of its container, or None where no engine answers:
+    verification works without Docker, the states only sharpen its advice."""
+    from deployer.errors import DeployError
+
+    try:
+        from deployer import runtime
+        from deployer.cli.common import docker_client
+
+        return {o.service: str(o.state) for o in runtime.observe(docker_client(), deployment)}
+    except DeployError:
+        return None
 
 
 def _result_cell(result: CheckResult, color: bool) -> str:
@@ -80,7 +111,7 @@ def render_report_table(report: VerificationReport, color: bool = False) -> str:
 @click.option(
     "--deadline",
     "deadline_s",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=DEFAULT_DEADLINE_S,
     show_default=True,
     help="Seconds each service gets, retries included (one still loading is retried until then).",
@@ -137,9 +168,7 @@ def verify(
     "127.0.0.1 when it binds every interface].",
 )
 @pass_app
-def endpoints(
-    app: AppContext, fmt: str, as_json: bool, show_keys: bool, host: str | None
-) -> None:
+def endpoints(app: AppContext, fmt: str, as_json: bool, show_keys: bool, host: str | None) -> None:
     """Print the usage guide of the deployment: URLs, models, keys, examples, advice.
 
     Example: qwen-deploy endpoints --format markdown > ENDPOINTS.md

@@ -3,6 +3,7 @@ failure reports. Colour only for states and health, only on a terminal without N
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -97,28 +98,47 @@ class ProgressPrinter:
             self.stream.write(self._line(event) + "\n")
             self.stream.flush()
 
-    def _line(self, event: Progress) -> str:
-        stage = paint(event.stage.ljust(13), self.colour, event.stage)
+    def _line(self, event: Progress, colour: bool | None = None) -> str:
+        colour = self.colour if colour is None else colour
+        stage = paint(event.stage.ljust(13), colour, event.stage)
         detail = f"  {event.detail}" if event.detail else ""
         return (
             f"  {event.service.ljust(self.width)}  {stage} {duration(event.elapsed_s):>6}{detail}"
         )
 
+    def _columns(self) -> int:
+        """The terminal's width now (it may have been resized since the last draw)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            return 80
+
+    def _fit(self, event: Progress, room: int) -> str:
+        """The event's line in at most `room` columns: one terminal row each, so moving the
+        cursor up one row per service redraws the block in place (D29)."""
+        plain = self._line(event, colour=False)
+        return plain[:room] if len(plain) > room else self._line(event)
+
     def _draw(self) -> None:
-        lines = [self._line(self.board.stages[s]) for s in self.order if s in self.board.stages]
+        room = max(1, self._columns() - 1)  # a line filling the last column wraps on some
+        events = [self.board.stages[s] for s in self.order if s in self.board.stages]
         if self.drawn:
             self.stream.write(f"\x1b[{self.drawn}F")
-        for line in lines:
-            self.stream.write("\x1b[2K" + line[:200] + "\n")
-        self.drawn = len(lines)
+        for event in events:
+            self.stream.write("\x1b[2K" + self._fit(event, room) + "\n")
+        self.drawn = len(events)
         self.stream.flush()
 
 
-def say_interrupted(board: Any) -> None:
+def say_interrupted(board: Any, terminated: bool = False) -> None:
+    """Name what an interrupted `up`/`restart` left running; after SIGTERM those containers
+    were given their restart policy (the runtime does it), after Ctrl-C not yet."""
     started = board.started()
     if started:
+        word = "terminated" if terminated else "interrupted"
+        policy = " with their restart policy" if terminated else ""
         click.echo(
-            f"interrupted: started containers keep running ({', '.join(started)}); "
+            f"{word}: started containers keep running ({', '.join(started)}){policy}; "
             "`qwen-deploy status` shows them, `qwen-deploy up` carries on, "
             "`qwen-deploy down` stops them",
             err=True,

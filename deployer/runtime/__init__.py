@@ -38,7 +38,14 @@ from deployer.runtime.preflight import (
 from deployer.runtime.progress import Progress, ProgressBoard, ProgressCallback
 from deployer.runtime.readiness import readiness
 from deployer.runtime.results import ApplyResult, ServiceOutcome, failure_error
-from deployer.runtime.start import StartOptions, apply, apply_with, restart, restart_with
+from deployer.runtime.start import (
+    StartOptions,
+    Terminated,
+    apply,
+    apply_with,
+    restart,
+    restart_with,
+)
 from deployer.runtime.states import ActionKind, ContainerState, Stage
 from deployer.runtime.status import (
     ServiceStatus,
@@ -65,6 +72,7 @@ __all__ = [
     "ServiceStatus",
     "Stage",
     "StartOptions",
+    "Terminated",
     "UpRequest",
     "UpResult",
     "apply",

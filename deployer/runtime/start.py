@@ -57,6 +57,15 @@ class _Cancelled(Exception):
     pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, `timeout`, a cancelled CI job) while `up` or `restart` works; the CLI's
+    signal handler raises it. Handled like Ctrl-C, and moreover the containers started by then
+    get their restart policy: no one is there to run `up` again before dockerd next restarts."""
+
+
+ARM_WAIT_S = 5.0  # how long a terminated run lets threads finish the Docker call they are in
+
+
 class _Run:
     """One `apply` or `restart`: a thread per service, each waiting for the service that starts
     before it on a shared GPU to be ready (or to have failed and been stopped)."""
@@ -80,6 +89,7 @@ class _Run:
         self.cancel = threading.Event()
         self.done = {s.name: threading.Event() for s in plan.services}
         self.outcomes: dict[str, ServiceOutcome] = {}
+        self.started: dict[str, Any] = {}  # service -> its container, started by this run
         self.lock = threading.Lock()
         self.t0 = t0  # when the command began: outcome times are relative to it
 
@@ -111,11 +121,25 @@ class _Run:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             # What started keeps running: containers are Docker's, not this process's.
             self.cancel.set()
+            if isinstance(exc, Terminated):
+                self._arm_started(threads)
             raise
         return tuple(self.outcomes[s.name] for s in self.plan.services if s.name in self.outcomes)
+
+    def _arm_started(self, threads: Sequence[threading.Thread]) -> None:
+        """Give the containers this run started their spec's restart policy, once the threads
+        are out of the Docker call they were in (they stop at their next wait)."""
+        deadline = time.monotonic() + ARM_WAIT_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            started = dict(self.started)
+        for name, container in started.items():
+            with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+                engine.set_restart_policy(container, self.specs[name].restart_policy)
 
     def _service(self, service: ServicePlan, action: Action) -> None:
         try:
@@ -186,6 +210,8 @@ class _Run:
                     self.report(service.name, Stage.STARTING, began)
                     engine.set_restart_policy(container, "no")
                     container.start()
+                    with self.lock:
+                        self.started[service.name] = container
                 self._wait_ready(service, container, began)
                 engine.set_restart_policy(container, spec.restart_policy)
         except DeployError as exc:
@@ -238,6 +264,8 @@ class _Run:
         since: float,
     ) -> ServiceOutcome:
         lines: list[str] = []
+        with self.lock:  # stopped and disarmed below: a terminated run must not arm it
+            self.started.pop(service.name, None)
         if container is not None:
             with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
                 lines = engine.log_lines(container, since)

@@ -353,6 +353,45 @@ def test_ctrl_c_during_up_leaves_started_containers_running_and_status_true(
     assert _attrs(containers["micro"])["HostConfig"]["RestartPolicy"]["Name"] == "always"
 
 
+def test_sigterm_during_up_names_what_started_and_gives_it_its_restart_policy(
+    deployment: Deployment,
+) -> None:
+    # D12: systemd, `timeout` or a cancelled CI job sends SIGTERM, not SIGINT.
+    deployment.write_profile(micro={"environment": {"STANDIN_LOAD_SECONDS": "8"}})
+    up = Process(
+        deployment,
+        "up",
+        "-p",
+        str(deployment.profile),
+        "--gpus-file",
+        str(deployment.gpus_file),
+        "--engine",
+        "stand-in",
+        "--no-verify",
+    )
+    up.wait_for_line(_progress("mini", "healthy"))
+    up.wait_for_line(_progress("micro", "loading model"))  # micro started, still loading
+    up.popen.send_signal(signal.SIGTERM)
+    code, _stdout, stderr = up.finish(timeout=60)
+    assert code == ExitCode.TERMINATED == 143, stderr
+    assert "terminated: started containers keep running (" in stderr
+    said = stderr.split("terminated: started containers keep running (", 1)[1].split(")")[0]
+    assert set(said.split(", ")) == {"medium", "mini", "micro"}
+    assert "with their restart policy" in stderr
+    assert stderr.rstrip().endswith("terminated")
+    assert "Traceback" not in stderr
+    containers = deployment.containers()
+    for name, container in containers.items():
+        attrs = _attrs(container)
+        assert attrs["State"]["Status"] == "running", name
+        # Unlike Ctrl-C, nobody is there to run `up` again: micro, still loading, is armed too.
+        assert attrs["HostConfig"]["RestartPolicy"]["Name"] == "always", name
+    before = deployment.ids()
+    again = deployment.up("--no-verify")
+    assert again.exit_code == 0, again.output
+    assert deployment.ids() == before  # nothing recreated: `up` carries on
+
+
 # --- atomic writes --------------------------------------------------------------------------------
 
 RENDER_LOOP = """

@@ -3,11 +3,15 @@ server and fails for the right reason in the matching fault mode."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -274,3 +278,42 @@ def test_verify_table_names_the_failed_check_and_exits_non_zero(
     assert "1 of 6 checks failed" in result.output
     assert "error: verification failed: micro/auth: " in result.output
     assert directory.load_state()["verify"]["micro"]["failed"] == ["auth"]
+
+
+def test_another_server_on_an_exited_services_port_is_named_on_one_line(
+    deployment: Any, tmp_path: Path
+) -> None:
+    # D24: the service's container is stopped and a plain HTTP server answers on its port,
+    # serving files named like vLLM's endpoints and an HTML page for POST.
+    up = deployment.up("--no-verify")
+    assert up.exit_code == 0, up.output
+    deployment.containers()["micro"].stop(timeout=5)
+    site = tmp_path / "site"
+    (site / "v1").mkdir(parents=True)
+    (site / "health").write_text("ok")
+    (site / "v1" / "models").write_text(json.dumps({"data": [{"id": "something-else"}]}))
+    port = deployment.ports["micro"]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=site,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).ok:
+                    break
+            time.sleep(0.1)
+        result = deployment.cli("verify", "micro", "--deadline", "5")
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert result.exit_code == ExitCode.VERIFY, result.output
+    [line] = result.stderr.strip().splitlines()  # one line: no HTML page inside it
+    assert line.startswith("error: verification failed:")
+    assert "<" not in line and "DOCTYPE" not in line
+    assert "the container of micro is exited, so another process answers on port" in line
+    assert "VLLM_API_KEY" not in line  # the container is not what answered
+    assert "HTTP 501" in line  # http.server's answer to POST, by its status and title
