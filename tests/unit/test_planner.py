@@ -26,7 +26,7 @@ from deployer.planner import (
 )
 from deployer.profiles import load_all_profiles, load_profile, parse_profile
 from deployer.vllm_pin import KV_BLOCK_SIZE, STANDIN_IMAGE, VLLM_IMAGE
-from tests.helpers import inventory
+from tests.helpers import GPU_FILES, inventory
 
 
 def _profile(services: dict, name: str = "test") -> object:
@@ -366,6 +366,10 @@ OUTCOMES: dict[str, dict[str, str | None]] = {
         "tri-tier": None,
     },
 }
+
+
+def test_the_outcome_table_covers_every_fixture() -> None:
+    assert set(OUTCOMES) == {p.stem for p in GPU_FILES.glob("*.json")}
 
 
 @pytest.mark.parametrize("box", sorted(OUTCOMES))
