@@ -8,9 +8,12 @@ import difflib
 import functools
 import re
 from dataclasses import dataclass
-from importlib import resources
 
-OPTIONS_RESOURCE = ("deployer.standin", "data/vllm_serve_options.txt")
+from deployer.resources import standin_dir
+
+# The stand-in ships the table as package data; read as a file (importlib.resources costs
+# `plan` some 10 ms of imports: tempfile, shutil, zipfile).
+OPTIONS_FILE = standin_dir() / "data" / "vllm_serve_options.txt"
 
 # Flags that carry secrets: they would land in compose.yaml, plan.json and `docker inspect`.
 SECRET_FLAGS = {
@@ -54,8 +57,7 @@ class ServeOption:
 @functools.cache
 def serve_options() -> dict[str, ServeOption]:
     """Every option string of `vllm serve` 0.33 (aliases and negative forms too)."""
-    package, name = OPTIONS_RESOURCE
-    text = resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    text = OPTIONS_FILE.read_text(encoding="utf-8")
     lines: list[str] = []
     for raw in text.splitlines():
         if not raw.strip():
