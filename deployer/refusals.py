@@ -30,12 +30,14 @@ MAX_PARTS = 6  # ... and names at most this many services' numbers
 
 
 def fix_text(fixes: list[str]) -> str:
+    """The hint of a refusal: the fixes that apply, a bounded number of them."""
     chosen = [f for f in fixes if f] or ["a GPU with more free memory"]
     more = len(chosen) - MAX_FIXES
     return "fixes: " + "; ".join(chosen[:MAX_FIXES]) + (f"; (+{more} more)" if more > 0 else "")
 
 
 def refusal_message(gpu: Gpu, fixed: list[Draft]) -> str:
+    """Fixed fractions above the free memory: what vLLM's own start check would say."""
     asks = ", ".join(
         f"{d.spec.name} {d.utilization:g} ({gib(requested_bytes(gpu, d.utilization))})"
         for d in fixed
@@ -49,6 +51,7 @@ def refusal_message(gpu: Gpu, fixed: list[Draft]) -> str:
 
 
 def no_fit_message(gpu: Gpu, group: list[Draft]) -> str:
+    """A GPU whose services' smallest budgets and allowances exceed its free memory."""
     parts = []
     for d in group[:MAX_PARTS]:
         asked = min_ask(d, gpu)
@@ -66,7 +69,7 @@ def no_fit_message(gpu: Gpu, group: list[Draft]) -> str:
             )
     if len(group) > MAX_PARTS:
         parts.append(f"and {len(group) - MAX_PARTS} more services")
-    used = gpu.total_bytes - gpu.free_bytes
+    used = cuda_total_bytes(gpu) - cuda_free_bytes(gpu)  # NVML's reserved memory left out
     return (
         f"does not fit on GPU {gpu.index} ({gpu.name}, {gib(cuda_total_bytes(gpu))}, "
         f"{gib(used)} used by other processes, {gib(room_for(gpu, group))} usable by "
