@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deployer import profile_fields as check
 from deployer.catalog import Catalog, Checkpoint, _check_keys, parse_catalog
 from deployer.errors import ProfileError
+from deployer.profile_fields import ENV_NAME_PATTERN, SERVED_NAME_PATTERN, SERVICE_NAME_PATTERN
 from deployer.resources import profiles_dir
 from deployer.vllm_pin import KV_CACHE_DTYPES
 
@@ -17,19 +18,6 @@ PROFILES_DIR = profiles_dir()  # the shipped profiles, in a wheel or a checkout
 
 # Keys end up in an env file and an HTTP header: keep them to characters that need no quoting.
 API_KEY_PATTERN = re.compile(r"^[A-Za-z0-9._~+/=-]{8,256}$")
-SERVICE_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-# Aliases are typed after commands (`logs MEDIUM`): no spaces, and never read as an option.
-ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-# Names a client sends as `model` and the guide prints: printable, one line, bounded.
-SERVED_NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
-# Environment variables that carry secrets: they would land in compose.yaml and plan.json.
-SECRET_ENV = frozenset({"VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_TOKEN"})
-# One value must stay well under Linux's 128 KiB per argument or variable (MAX_ARG_STRLEN),
-# and all of them under the 2 MiB the kernel takes for a whole command line and environment.
-MAX_ENV_VALUE = 16384
-MAX_ENV_VARS = 128
-MAX_TEXT = 4096  # name, description
 
 
 @dataclass(frozen=True)
@@ -143,114 +131,6 @@ AUTH_MODES = ("key", "none")
 _GENERATION_KEYS = {"temperature", "top_p", "top_k", "min_p"}
 
 
-def _int(value: Any, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ProfileError(f"{where}: expected an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-def _float(value: Any, where: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-        raise ProfileError(
-            f"{where}: expected a number above {low} and at most {high}, got {value!r:.40}"
-        )
-    return float(value)
-
-
-def _number(value: Any, where: str, low: float, high: float) -> float:
-    """A number from low to high, both included."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ProfileError(
-            f"{where}: expected a number from {low:g} to {high:g}, got {value!r:.40}"
-        )
-    return float(value)
-
-
-def _bool(value: Any, where: str) -> bool:
-    """Only YAML's own true/false: a quoted "false" is a string, and strings are truthy."""
-    if not isinstance(value, bool):
-        raise ProfileError(f"{where}: expected true or false, got {value!r:.40}")
-    return value
-
-
-def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
-    if not isinstance(value, str):
-        raise ProfileError(f"{where}: expected a string, got {type(value).__name__}")
-    if len(value) > limit:
-        raise ProfileError(f"{where}: {len(value)} characters, at most {limit}")
-    return value
-
-
-def _reasoning_parser(value: Any, where: str) -> str | None:
-    if value is None or value == "none":
-        return None
-    from deployer.vllm_options import reasoning_parsers
-
-    if not isinstance(value, str) or value not in reasoning_parsers():
-        raise ProfileError(
-            f"{where}: {value!r:.60} is not a reasoning parser of vLLM 0.33",
-            hint="Qwen3 uses qwen3; `none` (or null) turns the parser off",
-        )
-    return value
-
-
-def _bind(value: Any, where: str) -> str:
-    """An IPv4 address a host can listen on (this host's own check comes with render/up)."""
-    problem = f"{where}: expected an IPv4 address such as 127.0.0.1 or 0.0.0.0, got {value!r:.40}"
-    if not isinstance(value, str):
-        raise ProfileError(problem)
-    try:
-        address = ipaddress.IPv4Address(value)
-    except ValueError:
-        raise ProfileError(problem) from None
-    if address.is_multicast or address.is_reserved or str(address) != value:
-        raise ProfileError(problem)
-    return value
-
-
-def _environment(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{where}: expected a mapping of variable names to values")
-    if len(raw) > MAX_ENV_VARS:
-        raise ProfileError(f"{where}: {len(raw)} variables, at most {MAX_ENV_VARS}")
-    pairs = []
-    for name, value in raw.items():
-        if not isinstance(name, str) or not ENV_NAME_PATTERN.match(name):
-            raise ProfileError(f"{where}: {name!r:.40} is not a variable name")
-        if name in SECRET_ENV:
-            raise ProfileError(
-                f"{where}.{name}: keys and tokens do not belong in a profile",
-                hint="use api_key_env, and HF_TOKEN from your environment or --hf-token-file",
-            )
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ProfileError(
-                f"{where}.{name}: expected a string, got {value!r:.40}",
-                hint='quote it ("true", "0.10") so that the container gets exactly that text',
-            )
-        text = str(value)
-        if len(text) > MAX_ENV_VALUE:
-            raise ProfileError(
-                f"{where}.{name}: {len(text)} characters, at most {MAX_ENV_VALUE}",
-                hint="pass large settings in a file in the model cache, not the environment",
-            )
-        pairs.append((name, text))
-    return tuple(sorted(pairs))
-
-
-def _aliases(raw: Any, name: str, where: str) -> tuple[str, ...]:
-    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
-        raise ProfileError(f"{where}: expected a list of names")
-    for alias in raw:
-        if not ALIAS_PATTERN.match(alias):
-            raise ProfileError(
-                f"{where}: {alias!r:.40} is not a usable name: letters, digits and ._- , "
-                "starting with a letter or digit (names are typed after commands like `logs`)"
-            )
-        if alias == name or raw.count(alias) > 1:
-            raise ProfileError(f"{where}: {alias!r} is listed twice (or is the service's name)")
-    return tuple(raw)
-
-
 def _parse_generation(raw: Any, where: str, base: GenerationDefaults) -> GenerationDefaults:
     if raw is None:
         return base
@@ -260,13 +140,13 @@ def _parse_generation(raw: Any, where: str, base: GenerationDefaults) -> Generat
     values = base.as_dict()
     for key, value in raw.items():
         if key == "top_k":
-            values[key] = _int(value, f"{where}.top_k", -1, 100000)
+            values[key] = check.integer(value, f"{where}.top_k", -1, 100000)
         elif key == "min_p":
-            values[key] = _number(value, f"{where}.min_p", 0, 1)
+            values[key] = check.number(value, f"{where}.min_p", 0, 1)
         elif key == "temperature":  # vLLM refuses a negative one (400 on every request)
-            values[key] = _number(value, f"{where}.temperature", 0, 2)
+            values[key] = check.number(value, f"{where}.temperature", 0, 2)
         else:
-            values[key] = _float(value, f"{where}.{key}", 0, 1)
+            values[key] = check.number_above(value, f"{where}.{key}", 0, 1)
     return GenerationDefaults(**values)  # type: ignore[arg-type]
 
 
@@ -282,25 +162,27 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     merged = {**defaults, **raw}
     if "model" not in merged:
         raise ProfileError(f"{where}: missing 'model' (a checkpoint id such as Qwen/Qwen3-8B-AWQ)")
-    model = _text(merged["model"], f"{where}.model", 256)
+    model = check.text(merged["model"], f"{where}.model", 256)
     if "port" not in merged:
         raise ProfileError(f"{where}: missing 'port'")
-    port = _int(merged["port"], f"{where}.port", 1, 65535)
+    port = check.integer(merged["port"], f"{where}.port", 1, 65535)
 
     gpus_raw = merged.get("gpus", "auto")
     gpus: tuple[int, ...] | None
     if gpus_raw == "auto":
         gpus = None
     elif isinstance(gpus_raw, int) and not isinstance(gpus_raw, bool):
-        gpus = (_int(gpus_raw, f"{where}.gpus", 0, 1023),)
+        gpus = (check.integer(gpus_raw, f"{where}.gpus", 0, 1023),)
     elif isinstance(gpus_raw, list) and gpus_raw:
-        gpus = tuple(_int(g, f"{where}.gpus[{i}]", 0, 1023) for i, g in enumerate(gpus_raw))
+        gpus = tuple(
+            check.integer(g, f"{where}.gpus[{i}]", 0, 1023) for i, g in enumerate(gpus_raw)
+        )
         if len(set(gpus)) != len(gpus):
             raise ProfileError(f"{where}.gpus: a GPU is listed twice in {list(gpus)}")
     else:
         raise ProfileError(f"{where}.gpus: expected 'auto', a GPU index or a list of indices")
     if gpus is None:
-        gpu_count = _int(
+        gpu_count = check.integer(
             merged.get("gpu_count", merged.get("tensor_parallel_size", 1)),
             f"{where}.gpu_count",
             1,
@@ -310,7 +192,9 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
         if "gpu_count" in raw and raw["gpu_count"] != len(gpus):
             raise ProfileError(f"{where}.gpu_count: {raw['gpu_count']} but gpus lists {len(gpus)}")
         gpu_count = len(gpus)
-    tp = _int(merged.get("tensor_parallel_size", gpu_count), f"{where}.tensor_parallel_size", 1, 64)
+    tp = check.integer(
+        merged.get("tensor_parallel_size", gpu_count), f"{where}.tensor_parallel_size", 1, 64
+    )
     if tp != gpu_count:
         raise ProfileError(
             f"{where}.tensor_parallel_size: {tp} but the service has {gpu_count} GPU(s)",
@@ -318,16 +202,28 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
         )
 
     context_raw = merged.get("context", "max")
-    context = None if context_raw == "max" else _int(context_raw, f"{where}.context", 256, 1048576)
+    context = (
+        None
+        if context_raw == "max"
+        else check.integer(context_raw, f"{where}.context", 256, 1048576)
+    )
     gmu_raw = merged.get("gpu_memory_utilization", "auto")
-    gmu = None if gmu_raw == "auto" else _float(gmu_raw, f"{where}.gpu_memory_utilization", 0, 1)
+    gmu = (
+        None
+        if gmu_raw == "auto"
+        else check.number_above(gmu_raw, f"{where}.gpu_memory_utilization", 0, 1)
+    )
     seqs_raw = merged.get("max_num_seqs")
-    seqs = None if seqs_raw in (None, "auto") else _int(seqs_raw, f"{where}.max_num_seqs", 1, 65536)
+    seqs = (
+        None
+        if seqs_raw in (None, "auto")
+        else check.integer(seqs_raw, f"{where}.max_num_seqs", 1, 65536)
+    )
     batched_raw = merged.get("max_num_batched_tokens")
     batched = (
         None
         if batched_raw in (None, "auto")
-        else _int(batched_raw, f"{where}.max_num_batched_tokens", 16, 1048576)
+        else check.integer(batched_raw, f"{where}.max_num_batched_tokens", 16, 1048576)
     )
     kv_dtype = merged.get("kv_cache_dtype", "auto")
     if kv_dtype not in KV_CACHE_DTYPES:
@@ -359,7 +255,7 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     if auth == "none" and (api_key is not None or "api_key_env" in raw):
         raise ProfileError(f"{where}: auth: none serves without a key; remove api_key/api_key_env")
 
-    aliases = _aliases(raw.get("aliases", []), name, f"{where}.aliases")
+    aliases = check.aliases(raw.get("aliases", []), name, f"{where}.aliases")
     extra = merged.get("extra_args", [])
     if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
         raise ProfileError(f"{where}.extra_args: expected a list of strings")
@@ -368,8 +264,8 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     problem = check_extra_args(extra, f"{where}.extra_args")
     if problem:
         raise ProfileError(problem)
-    environment = _environment(merged.get("environment", {}), f"{where}.environment")
-    bind = _bind(merged.get("bind", "127.0.0.1"), f"{where}.bind")
+    environment = check.environment(merged.get("environment", {}), f"{where}.environment")
+    bind = check.bind_address(merged.get("bind", "127.0.0.1"), f"{where}.bind")
     served = raw.get("served_model_name")
     if (
         served is not None
@@ -405,12 +301,12 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
         ),
         aliases=aliases,
         bind=bind,
-        startup_timeout_s=_int(
+        startup_timeout_s=check.integer(
             merged.get("startup_timeout_s", 1200), f"{where}.startup_timeout_s", 5, 86400
         ),
-        share=_float(merged.get("share", 1.0), f"{where}.share", 0, 100),
-        enforce_eager=_bool(merged.get("enforce_eager", False), f"{where}.enforce_eager"),
-        reasoning_parser=_reasoning_parser(
+        share=check.number_above(merged.get("share", 1.0), f"{where}.share", 0, 100),
+        enforce_eager=check.boolean(merged.get("enforce_eager", False), f"{where}.enforce_eager"),
+        reasoning_parser=check.reasoning_parser(
             merged.get("reasoning_parser", "qwen3"), f"{where}.reasoning_parser"
         ),
         extra_args=tuple(extra),
@@ -459,8 +355,8 @@ def parse_profile(data: Any, source: str, default_name: str = "profile") -> Prof
             names[alias] = service.name
     models = parse_catalog(data["models"], f"{source}: models") if "models" in data else {}
     return Profile(
-        name=_text(data.get("name", default_name), f"{source}: name", 128),
-        description=_text(data.get("description", ""), f"{source}: description"),
+        name=check.text(data.get("name", default_name), f"{source}: name", 128),
+        description=check.text(data.get("description", ""), f"{source}: description"),
         services=services,
         source=source,
         models=models,
