@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployer.gateway import routing
-from deployer.gateway.config import GatewayConfig
+from deployer.gateway.config import GatewayConfig, GatewayKey
 from deployer.gateway.errors import ApiError, error_body
 from deployer.gateway.proxy import Call, ClientGone, Gateway, request_id
 from deployer.gateway.seed_api import add_seed_routes
@@ -78,8 +78,8 @@ def build_app(config: GatewayConfig) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
-        gateway.authorize(request)
-        return {"object": "list", "data": model_cards(gateway)}
+        key = gateway.authorize(request)
+        return {"object": "list", "data": model_cards(gateway, key)}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -127,11 +127,12 @@ def tier_states(gateway: Gateway) -> dict[str, dict[str, str]]:
     }
 
 
-def model_cards(gateway: Gateway) -> list[dict[str, Any]]:
-    """One card per name a client may send: served names, tier names, aliases, `auto`.
+def model_cards(gateway: Gateway, key: GatewayKey) -> list[dict[str, Any]]:
+    """One card per name this key may send: served names, tier names, aliases, `auto`.
     Built from the config and the last health round, so a tier down never breaks it."""
     cards = []
-    for tier in gateway.config.tiers:
+    tiers = [t for t in gateway.config.tiers if key.allows(t.name)]
+    for tier in tiers:
         state = gateway.clients[tier.name].status.state
         for name in dict.fromkeys(tier.names()):
             cards.append(
@@ -145,7 +146,7 @@ def model_cards(gateway: Gateway) -> list[dict[str, Any]]:
                     "state": state.value,
                 }
             )
-    ready = [t for t in gateway.config.tiers if gateway.clients[t.name].ready]
+    ready = [t for t in tiers if gateway.clients[t.name].ready]
     cards.append(
         {
             "id": routing.AUTO,
@@ -155,7 +156,7 @@ def model_cards(gateway: Gateway) -> list[dict[str, Any]]:
             "max_model_len": max((t.max_model_len for t in ready), default=0),
             "tier": routing.AUTO,
             "state": TierState.READY.value if ready else TierState.DOWN.value,
-            "tiers": [t.name for t in routing.by_size(gateway.config.tiers)],
+            "tiers": [t.name for t in routing.by_size(tiers)],
         }
     )
     return cards

@@ -152,6 +152,8 @@ def test_auth_and_permissions(deployment: Deployment) -> None:
     assert requests.get(url + "/v1/models", headers=tier_key).status_code == 401
     assert requests.get(url + "/health").status_code == 200
     assert requests.get(url + "/api/v1/health").status_code == 200
+    listed = requests.get(url + "/v1/models", headers=deployment.headers("small")).json()["data"]
+    assert {c["tier"] for c in listed} == {"micro", "auto"}
     denied = chat(deployment, "mini", key="small")
     assert denied.status_code == 403 and "may not use tier mini" in denied.text
     assert chat(deployment, "auto", key="small").headers["x-qwen-deploy-tier"] == "micro"
