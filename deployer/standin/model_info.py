@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .cli_args import StartupError
-from .gpu_worker import GiB
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -54,6 +53,9 @@ KV_CACHE_DTYPES = _words(
 )
 
 
+_GiB = 1 << 30
+VOCAB_SIZE = 151936  # every Qwen3 config.json
+
 # size -> (layers, q heads, kv heads, params 1e9, GB of weights: bf16, fp8, awq 4-bit, nvfp4)
 _QWEN3 = {
     "0.6b": (28, 16, 8, 0.60, (1.2, 0.8, 0.5, 0.6)),
@@ -64,6 +66,18 @@ _QWEN3 = {
     "32b": (64, 64, 8, 32.76, (65.5, 34.3, 19.3, 20.7)),
     "30b-a3b": (48, 32, 4, 30.53, (61.1, 31.2, 16.8, 18.1)),
     "235b-a22b": (94, 64, 4, 235.09, (470.2, 236.4, 124.1, 134.1)),
+}
+# size -> config.json's hidden_size, intermediate_size, moe_intermediate_size,
+# num_experts_per_tok (0: dense)
+_QWEN3_MLP = {
+    "0.6b": (1024, 3072, 0, 0),
+    "1.7b": (2048, 6144, 0, 0),
+    "4b": (2560, 9728, 0, 0),
+    "8b": (4096, 12288, 0, 0),
+    "14b": (5120, 17408, 0, 0),
+    "32b": (5120, 25600, 0, 0),
+    "30b-a3b": (2048, 6144, 768, 8),
+    "235b-a22b": (4096, 12288, 1536, 8),
 }
 
 
@@ -80,6 +94,11 @@ class ModelInfo:
     checkpoint_quant: str | None  # quant_method in config.json (None: not quantized)
     weights_gb: tuple[float, float, float, float]  # bf16, fp8, 4-bit awq, nvfp4
     generation_config: dict[str, Any]
+    hidden_size: int = 1024
+    intermediate_size: int = 3072
+    moe_intermediate_size: int = 0
+    experts_per_token: int = 0  # 0: a dense model
+    vocab_size: int = VOCAB_SIZE
 
 
 def model_info(model: str, env: dict[str, str] | None = None) -> ModelInfo:
@@ -88,9 +107,9 @@ def model_info(model: str, env: dict[str, str] | None = None) -> ModelInfo:
     name = model.rstrip("/").lower()
     base = name.rsplit("/", 1)[-1]
     match = re.search(r"qwen3-(?:coder-)?(\d+(?:\.\d+)?b(?:-a\d+b)?)", base)
-    shape = _QWEN3.get(match.group(1)) if match else None
-    if shape is None:
-        shape = (28, 16, 8, 0.6, (1.0, 0.6, 0.4, 0.45))
+    size = match.group(1) if match else ""
+    shape = _QWEN3.get(size) or (28, 16, 8, 0.6, (1.0, 0.6, 0.4, 0.45))
+    hidden, intermediate, moe_intermediate, experts = _QWEN3_MLP.get(size, _QWEN3_MLP["0.6b"])
     layers, q_heads, kv_heads, _params, sizes = shape
     long_context = "2507" in base or "coder" in base
     if "fp4" in base:
@@ -121,6 +140,10 @@ def model_info(model: str, env: dict[str, str] | None = None) -> ModelInfo:
         checkpoint_quant=quant,
         weights_gb=sizes,
         generation_config=gen,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        moe_intermediate_size=moe_intermediate,
+        experts_per_token=experts,
     )
 
 
@@ -163,7 +186,7 @@ def resolve_quantization(info: ModelInfo, user: str | None) -> str | None:
 def weights_bytes(info: ModelInfo, quantization: str | None, env: dict[str, str]) -> int:
     """Bytes of weights the whole model occupies (split over tensor-parallel ranks)."""
     if env.get("STANDIN_WEIGHTS_GIB"):
-        return int(float(env["STANDIN_WEIGHTS_GIB"]) * GiB)
+        return int(float(env["STANDIN_WEIGHTS_GIB"]) * _GiB)
     bf16, fp8, awq, nvfp4 = info.weights_gb
     q = quantization or ""
     if "awq" in q or "gptq" in q or q == "moe_wna16":

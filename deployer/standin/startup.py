@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import socket
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 
 from . import process
 from .cli_args import StartupError, build_parser, parse_serve_args
@@ -20,9 +20,13 @@ from .gpu_worker import (
     NO_CACHE_MEMORY,
     NO_GPU_TOTAL_MIB,
     GiB,
+    GpuMemory,
     MiB,
+    batch_defaults,
+    calibration_line,
     format_gib,
     free_memory_error,
+    memory_profile,
     plan_kv_cache,
     requested_bytes,
 )
@@ -103,6 +107,8 @@ def startup(argv: Sequence[str], env: dict[str, str]) -> tuple[Settings, str, in
         faults = parse_faults(env.get("STANDIN_FAULT"))
         totals = parse_gpu_map(env.get("STANDIN_GPU_TOTAL_MIB"))
         foreign = parse_gpu_map(env.get("STANDIN_GPU_FOREIGN_MIB"))
+        reserved = parse_gpu_map(env.get("STANDIN_GPU_RESERVED_MIB"))
+        context = int(env_float(env, "STANDIN_CONTEXT_MIB", 0) * MiB)
     except ValueError as exc:
         fail_api_server(f"ValueError: {exc}")
     for warning in warnings:
@@ -217,9 +223,18 @@ def startup(argv: Sequence[str], env: dict[str, str]) -> tuple[Settings, str, in
             "- multiprocessing, set '--nnodes' appropriately."
         )
     gpus = gpus_all[:world]
-    first_total = totals.get(gpus[0], DEFAULT_GPU_TOTAL_MIB) * MiB if gpus else 0
-    max_num_seqs = args.max_num_seqs or (1024 if first_total >= 70 * GiB else 256)
-    batched = args.max_num_batched_tokens or (8192 if first_total >= 70 * GiB else 2048)
+    cards = {
+        gpu: GpuMemory(
+            totals.get(gpu, DEFAULT_GPU_TOTAL_MIB) * MiB,
+            reserved.get(gpu, 0) * MiB,
+            foreign.get(gpu, 0) * MiB,
+        )
+        for gpu in gpus
+    }
+    first_total = cards[gpus[0]].total if gpus else 0
+    max_num_seqs, batched = batch_defaults(first_total)
+    max_num_seqs = args.max_num_seqs or max_num_seqs
+    batched = args.max_num_batched_tokens or batched
     log(
         "INFO",
         "scheduler.py:245",
@@ -248,17 +263,20 @@ def startup(argv: Sequence[str], env: dict[str, str]) -> tuple[Settings, str, in
     ledger_dir = env.get("STANDIN_LEDGER_DIR") or DEFAULT_LEDGER_DIR
     ledger = Ledger(ledger_dir, instance) if gpus else None
     requested: dict[str, int] = {}
+    free_at_start: dict[str, int] = {}
     if ledger is not None:
         process.ledger = ledger
         for local, gpu in enumerate(gpus):
-            total = totals.get(gpu, DEFAULT_GPU_TOTAL_MIB) * MiB
-            used = foreign.get(gpu, 0) * MiB + sum(e.requested for e in ledger.entries(gpu))
-            error = free_memory_error(local, total, max(0, total - used), util)
+            card = cards[gpu]
+            # What the other live instances hold: their budgets and their own contexts.
+            held = sum(e.requested for e in ledger.entries(gpu))
+            free_at_start[gpu] = card.free(held, context)
+            error = free_memory_error(local, card.total, free_at_start[gpu], util)
             if error:
                 fail_engine(error, "v1/worker/utils.py:762")
-            requested[gpu] = requested_bytes(total, util)
+            requested[gpu] = requested_bytes(card.total, util)
         for gpu in gpus:
-            ledger.register(gpu, requested[gpu], args.model)
+            ledger.register(gpu, requested[gpu] + context, args.model)
 
     if "oom_on_start" in faults:
         total = first_total or DEFAULT_GPU_TOTAL_MIB * MiB
@@ -310,23 +328,25 @@ def startup(argv: Sequence[str], env: dict[str, str]) -> tuple[Settings, str, in
     )
     log(
         "INFO",
-        "gpu_model_runner.py:5089",
+        "model_runner.py:431",
         f"Model loading took {format_gib(weights)} GiB memory and {load_seconds * 0.7:.6f} seconds",
         ENGINE,
     )
 
-    # Profiling: KV cache = requested - weights - activations/non-torch - CUDA graphs.
+    # Profiling: KV cache = requested - consumed - activation peak - CUDA graphs.
     if raced:
         # vllm#55827: the other instance's allocations land inside this one's profiling window
         # and are counted as this instance's non-KV memory.
         fail_engine(NO_CACHE_MEMORY, "v1/core/kv_cache_planning.py:57")
     per_token = kv_bytes_per_token(info, tp, kv_dtype)
     budget = min(requested.values()) if requested else requested_bytes(NO_GPU_TOTAL_MIB * MiB, util)
-    overhead = int(
-        env_float(env, "STANDIN_OVERHEAD_GIB", 0.5 if args.enforce_eager else 0.75) * GiB
-    )
+    profile = memory_profile(info, weights, tp, max_num_seqs, batched, bool(args.enforce_eager))
+    if env.get("STANDIN_OVERHEAD_GIB"):  # one flat figure for everything but weights and KV
+        flat = int(env_float(env, "STANDIN_OVERHEAD_GIB", 0) * GiB)
+        profile = replace(profile, non_torch=flat, sampler_state=0, activation_peak=0)
+        profile = replace(profile, cuda_graphs=0)
     kv = plan_kv_cache(
-        budget - weights - overhead,
+        budget - profile.non_kv,
         per_token,
         max_model_len,
         auto_len=auto_len,
@@ -354,14 +374,19 @@ def startup(argv: Sequence[str], env: dict[str, str]) -> tuple[Settings, str, in
         fail_engine(kv.error, "v1/core/kv_cache_planning.py:57")
     kv_tokens = max(kv.tokens, BLOCK_SIZE)
     max_model_len = kv.max_model_len
-    concurrency = kv_tokens / (math.ceil(max_model_len / BLOCK_SIZE) * BLOCK_SIZE)
+    capacity, concurrency = kv.capacity()
     log(
         "INFO",
         "kv_cache_utils.py:1147",
-        f"GPU KV cache size: {kv_tokens:,} tokens, Maximum "
+        f"GPU KV cache size: {capacity:,} tokens, Maximum "
         f"concurrency for {max_model_len:,} tokens per request: {concurrency:.2f}x",
         ENGINE,
     )
+    if not args.kv_cache_memory_bytes:
+        total = cards[gpus[0]].total if gpus else NO_GPU_TOTAL_MIB * MiB
+        free = free_at_start[gpus[0]] if gpus else total
+        line = calibration_line(free, total, util, budget, profile, kv.blocks * kv.block_bytes)
+        log("INFO", "gpu_worker.py:1064", line, ENGINE)
     log(
         "INFO",
         "core.py:413",

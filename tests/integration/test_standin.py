@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from deployer.vllm_pin import VLLM_VERSION
-from tests.integration.conftest import StartStandin
+from tests.helpers.standin import StartStandin
 
 pytestmark = pytest.mark.integration
 
@@ -523,3 +523,45 @@ def test_a_disconnected_client_is_aborted(standin: StartStandin) -> None:
     assert metric(s.url, "vllm:num_requests_running") == 0
     # it stopped generating: far fewer than 1000 tokens were counted
     assert metric(s.url, "vllm:generation_tokens_total") < 500
+
+
+# -- issue 11: vLLM 0.33's start-up accounting ------------------------------------------------
+
+RTX_4090 = {"STANDIN_GPU_RESERVED_MIB": "0:358,1:358,2:358,3:358", "STANDIN_CONTEXT_MIB": "460"}
+
+
+def test_startup_prints_vllms_memory_lines(standin: StartStandin) -> None:
+    s = standin(SMALL, "--gpu-memory-utilization", "0.5", gpus="0", env=RTX_4090)
+    logs = s.logs()
+    assert re.search(r"\[model_runner\.py:\d+\] Model loading took 1\.12 GiB memory", logs)
+    available = re.search(r"Available KV cache memory: ([\d.]+) GiB", logs)
+    size = re.search(
+        r"GPU KV cache size: ([\d,]+) tokens, Maximum concurrency for 40,960 tokens per "
+        r"request: ([\d.]+)x",
+        logs,
+    )
+    assert available and size, logs
+    # vLLM's total for a 4090 (NVML's less reserved) and the terms that add up to the KV cache
+    assert "Free memory on device (23.19/23.64 GiB) on startup." in logs
+    assert "Desired GPU memory utilization is (0.5, 11.82 GiB)." in logs
+    usage = re.search(
+        r"Actual usage is ([\d.]+) GiB for consumed memory \(weights \+ non-torch\), ([\d.]+) "
+        r"GiB for peak activation, and ([\d.]+) GiB for CUDAGraph memory\.",
+        logs,
+    )
+    assert usage, logs
+    terms = sum(float(g) for g in usage.groups())
+    assert float(available.group(1)) == pytest.approx(11.82 - terms, abs=0.03)
+    tokens = int(size.group(1).replace(",", ""))
+    assert tokens == pytest.approx(float(available.group(1)) * 2**30 / 114688, rel=0.01)
+
+
+def test_a_fraction_without_room_for_the_context_fails(standin: StartStandin) -> None:
+    s = standin(SMALL, "--gpu-memory-utilization", "0.99", gpus="1", env=RTX_4090, wait=False)
+    assert s.wait_exit() == 1
+    assert (
+        "ValueError: Free memory on device cuda:0 (23.19/23.64 GiB) on startup is less than "
+        "desired GPU memory utilization (0.99, 23.4 GiB)."
+    ) in s.logs()
+    t = standin(SMALL, "--gpu-memory-utilization", "0.98", gpus="1", env=RTX_4090)
+    assert t.wait_listening().status_code == 200
