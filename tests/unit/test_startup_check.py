@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from deployer.catalog import Catalog
 from deployer.planner import plan
@@ -19,7 +20,7 @@ from deployer.startup_check import (
     predicted,
     recorded_figures,
 )
-from tests.helpers import inventory
+from tests.helpers import GPU_FILES, inventory
 
 # Verbatim from a public vLLM log (TP 4; see tests/fixtures/vllm_startups.json, case 23).
 TP4_LOG = """\
@@ -106,3 +107,34 @@ def test_recorded_state_is_read_defensively(catalog: Catalog) -> None:
     checks = check_plan(result.services, recorded)
     assert [c.service for c in checks] == ["mini"]
     assert StartupFigures.from_dict({"kv_cache_tokens": True}).kv_cache_tokens is None
+
+
+def test_plan_prints_the_lines_and_check_compares_what_was_recorded(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    from click.testing import CliRunner
+
+    from deployer.cli.main import cli
+    from deployer.deployment import DeploymentDir
+
+    box = str(GPU_FILES / "3x-rtx4090.json")
+    args = ["--home", str(tmp_path), "-d", "sc", "plan", "-p", "tri-tier", "--gpus-file", box]
+    shown = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    mini = plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog).service("mini")
+    for line in expected_lines(mini):
+        assert f"  mini: {line}" in shown.output
+    empty = CliRunner().invoke(cli, [*args, "--check"], catch_exceptions=False)
+    assert "no start-up figures recorded for deployment 'sc' yet" in empty.output
+    directory = DeploymentDir(tmp_path / "sc")
+    low = replace(predicted(mini), kv_cache_tokens=50000)  # -15.7 %
+    directory.save_state({STATE_KEY: {"mini": low.to_dict()}})
+    checked = CliRunner().invoke(cli, [*args, "--check"], catch_exceptions=False)
+    assert checked.exit_code == 0, checked.output
+    assert "SERVICE  FIGURE" in checked.output and "-15.7%" in checked.output
+    assert "warning: mini: kv_cache_tokens planned 59,328 tokens, vLLM printed 50,000" in (
+        checked.output
+    )
+    data = CliRunner().invoke(cli, [*args, "--check", "--json"], catch_exceptions=False).output
+    check = json.loads(data)["startup_check"]
+    assert [c["service"] for c in check] == ["mini"] and check[0]["figures"][2]["warn"] is True
