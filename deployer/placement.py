@@ -128,11 +128,12 @@ def check_tensor_parallel(name: str, ckpt: Checkpoint, tp: int, box_gpus: int) -
     problem = tp_problem(ckpt, tp)
     if problem is None:
         return
-    sizes = working_tp_sizes(ckpt, max(box_gpus, tp))
+    sizes = [str(n) for n in working_tp_sizes(ckpt, max(box_gpus, tp))]
+    listed = ", ".join(sizes[:-1]) + (" or " if len(sizes) > 1 else "") + sizes[-1] if sizes else ""
     raise PlanError(
         f"{name}: tensor parallel size {tp} {problem}; vLLM {VLLM_VERSION} would refuse {ckpt.id}",
         hint=(
-            f"use {' or '.join(map(str, sizes))} GPU(s) for {ckpt.id}"
+            f"use {listed} GPU(s) for {ckpt.id}"
             if sizes
             else "use another checkpoint of this model"
         ),
