@@ -189,32 +189,34 @@ class DeploymentDir:
         path = self.file(LOCK_FILE)
         with os_errors("open the deployment's lock", path):
             fd = open_private(path, os.O_RDWR | os.O_CREAT, "the lock file")
-        with os.fdopen(fd, "r+") as handle:
+        try:
             deadline = time.monotonic() + wait_s
             while True:
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        handle.seek(0)
-                        holder = handle.read(200).strip() or "another qwen-deploy command"
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
                         raise LockBusy(
-                            f"deployment {self.name!r} is locked by {holder!s:.80}",
+                            f"deployment {self.name!r} is locked by "
+                            f"{holder or 'another qwen-deploy command'!s:.80}",
                             hint="wait for it to finish, or pass --wait SECONDS",
                         ) from None
                     time.sleep(0.2)
-            # Ours, a regular file with one link (open_private checked): safe to rewrite.
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
+            # Ours, a regular file with one link (open_private checked): safe to rewrite. The
+            # pid is only for the message above: a full disk must not stop the command.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
             try:
                 yield
             finally:
-                handle.seek(0)
-                handle.truncate()
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
 
 def write_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:

@@ -251,3 +251,77 @@ def test_an_alias_bomb_is_refused_at_once(scratch: Path) -> None:
         )  # fmt: skip
         _one_error(done, 3, "laughs.yaml: expands to more than")
     assert time.monotonic() - started < 45, "three refusals should take seconds"
+
+
+@pytest.fixture
+def tiny_disk() -> Iterator[Path]:
+    """A 96 KiB tmpfs: room for one deployment's files, and a disk that can be filled."""
+    mount = Path(tempfile.mkdtemp(prefix="qd-full-"))
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96k,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        mount.rmdir()
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {n: (directory / n).read_bytes() for n in (".env", "compose.yaml", "plan.json")}
+
+
+def test_a_full_disk_is_a_state_error_and_the_old_files_stay(
+    scratch: Path, tiny_disk: Path
+) -> None:
+    """D14, D15: render onto a full disk: exit 9 naming the disk, and .env, compose.yaml and
+    plan.json are all still the previous render's (none of them replaced, none cut short)."""
+    first, gpus = _inputs(scratch)
+    assert _render(tiny_disk, "adv16", first, gpus).returncode == 0
+    before = _files(tiny_disk / "adv16")
+    second = scratch / "second.yaml"
+    data = tri_tier_profile(PORTS, micro={"context": 8192, "api_key": "other-key-micro"})
+    second.write_text(yaml.safe_dump(data))
+    fd = os.open(tiny_disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:  # fill the disk until it refuses
+        while os.write(fd, b"\0" * 1024):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    _one_error(_render(tiny_disk, "adv16", second, gpus), 9, "No space left on device")
+    assert _files(tiny_disk / "adv16") == before
+    assert sorted(p.name for p in (tiny_disk / "adv16").iterdir()) == [
+        ".env",
+        ".lock",
+        "compose.yaml",
+        "plan.json",
+    ]  # fmt: skip  (no temp files or backups left behind)
+    (tiny_disk / "filler").unlink()
+    assert _render(tiny_disk, "adv16", second, gpus).returncode == 0
+    assert _files(tiny_disk / "adv16") != before
+
+
+def test_an_immutable_plan_json_leaves_all_three_files_as_they_were(scratch: Path) -> None:
+    """D15: `chattr +i plan.json` used to leave a new compose.yaml beside the old plan.json."""
+    first, gpus = _inputs(scratch)
+    home = scratch / "home"
+    assert _render(home, "adv3", first, gpus).returncode == 0
+    before = _files(home / "adv3")
+    second = scratch / "second.yaml"
+    second.write_text(yaml.safe_dump(tri_tier_profile(PORTS, micro={"context": 8192})))
+    plan = home / "adv3" / "plan.json"
+    if subprocess.run(["chattr", "+i", str(plan)], check=False).returncode != 0:
+        pytest.skip("this file system has no immutable attribute")
+    try:
+        _one_error(_render(home, "adv3", second, gpus), 9, "Operation not permitted")
+        assert _files(home / "adv3") == before
+    finally:
+        subprocess.run(["chattr", "-i", str(plan)], check=False)
