@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,11 @@ def plan(
         else ()
     )
     if as_json:
-        extra = {"startup_check": [c.to_dict() for c in checks]} if check else {}
+        extra: dict[str, object] = {"startup_check": [c.to_dict() for c in checks]} if check else {}
+        if result.nodes:
+            extra["ledger"] = [
+                {**dataclasses.asdict(row), "spare": row.spare} for row in result.ledger()
+            ]
         print_json("plan", {**result.to_dict(), "auto_reasons": list(planned.reasons), **extra})
         return
     for reason in planned.reasons:

@@ -111,6 +111,8 @@ def test_cli_plans_several_boxes_and_prints_the_ledger(tmp_path: Path) -> None:
     data = json.loads(_cli(tmp_path, "plan", "-p", "tri-tier", "--json", "--gpus-file",
                            f"a={a}", "--gpus-file", f"b={b}").output)  # fmt: skip
     assert {s["node"] for s in data["services"]} <= {"a", "b"}
+    assert {(r["node"], r["index"]) for r in data["ledger"]} == {("a", 0), ("a", 1), ("b", 2)}
+    assert all(r["spare"] == r["free"] - sum(size for _, size in r["asks"]) for r in data["ledger"])
     # A node is named after its file when NODE= is left out.
     l4 = GPU_FILES / "1x-l4.json"
     named = _cli(
