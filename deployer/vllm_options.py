@@ -154,7 +154,7 @@ def reasoning_parsers() -> frozenset[str]:
     """vLLM 0.33's registered reasoning parsers, as the stand-in lists them."""
     import importlib
 
-    for module in ("deployer.standin.startup", "deployer.standin.server"):
+    for module in ("deployer.standin.parsers", "deployer.standin.startup"):
         try:
             return frozenset(importlib.import_module(module).REASONING_PARSERS)
         except (ImportError, AttributeError):
