@@ -522,7 +522,12 @@ def test_moe_graphs_and_activation_are_larger_than_dense(catalog: Catalog) -> No
         ("Qwen/Qwen3-4B-AWQ", 8, "AWQ group of 128", "use 1, 2 or 4 GPU(s)"),
         ("Qwen/Qwen3-4B-FP8", 8, "FP8 weight block of 128", "use 1, 2 or 4 GPU(s)"),
         ("Qwen/Qwen3-30B-A3B-FP8", 4, "moe_intermediate_size 768 into 192", "use 1 or 2 GPU(s)"),
-        ("Qwen/Qwen3-235B-A22B-FP8", 8, "moe_intermediate_size 1536 into 192", "use 1, 2 or 4 GPU(s)"),
+        (
+            "Qwen/Qwen3-235B-A22B-FP8",
+            8,
+            "moe_intermediate_size 1536 into 192",
+            "use 1, 2 or 4 GPU(s)",
+        ),
     ],
 )
 def test_tp_sizes_vllm_refuses_are_refused_with_sizes_that_work(
