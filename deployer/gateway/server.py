@@ -15,6 +15,7 @@ from deployer.gateway.config import (
     GatewayConfig,
     GatewaySpec,
     build_config,
+    config_from_public,
     plan_gateway,
     resolve_gateway_keys,
 )
@@ -65,6 +66,20 @@ def config_for_files(
     raw = data.get("gateway") if isinstance(data, dict) else None
     spec = plan_gateway(plan) or (GatewaySpec.from_dict(raw) if raw else GatewaySpec())
     return build_config(plan, spec, secrets, upstream)
+
+
+CONFIG_ENV = "QWEN_DEPLOY_GATEWAY"  # the public config as JSON, in the gateway's container
+
+
+def config_from_environment(environ: Mapping[str, str], var: str = CONFIG_ENV) -> GatewayConfig:
+    """In the gateway's container: the public config in `var`, the secrets beside it."""
+    import json
+
+    try:
+        doc = json.loads(environ[var])
+    except (KeyError, ValueError) as exc:
+        raise StateError(f"${var} does not hold the gateway's config ({exc})") from None
+    return config_from_public(doc, environ)
 
 
 def with_listen(config: GatewayConfig, host: str | None, port: int | None) -> GatewayConfig:

@@ -1,6 +1,6 @@
 """The gateway image (built offline for the stand-in engine) on the real Docker engine, in front
-of three stand-in containers on one network, as the compose file runs it: plan.json mounted
-read-only, keys in the environment, tiers reached by service name."""
+of three stand-in containers on one network, run as its ContainerSpec says (what `up` and
+compose.yaml run): the config in its environment, keys beside it, tiers by service name."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import requests
 
 from deployer.gateway import images
 from deployer.gateway.config import GatewaySpec, Limits, resolve_gateway_keys
+from deployer.gateway.service import gateway_container_spec
 from tests.integration.conftest import FAST_ENV, STANDIN_IMAGE
 from tests.integration.gateway_support import tri_tier_plan
 
@@ -58,24 +59,27 @@ def network_deployment(
         spec = GatewaySpec(limits=Limits(health_interval_s=0.5))
         gateway_keys = resolve_gateway_keys(spec, {}, {})
         env.update(gateway_keys)
-        data = plan.to_dict()
-        data["gateway"] = spec.to_dict()
-        plan_path = tmp_path / "plan.json"
-        plan_path.write_text(json.dumps(data))
-        plan_path.chmod(0o644)
-        tag = images.build(docker_client, "stand-in")
+        # Exactly what `up` and compose.yaml run: the service's ContainerSpec.
+        desc = gateway_container_spec(
+            plan, spec, str(tmp_path), images.build(docker_client, "stand-in")
+        )
+        environment = dict(desc.environment)
+        environment.update({var: env[source] for var, source in desc.secret_env})
+        assert not desc.device_ids
         gateway = docker_client.containers.run(
-            tag,
+            desc.image,
+            desc.command,
             name=f"gwtest-{suffix}-gateway",
-            environment=env,
-            volumes={str(plan_path): {"bind": "/etc/qwen-deploy/plan.json", "mode": "ro"}},
-            ports={"19100/tcp": ("127.0.0.1", None)},
+            environment=environment,
+            ports={f"{desc.container_port}/tcp": ("127.0.0.1", None)},
             network=network.name,
             detach=True,
         )
         containers.append(gateway)
         gateway.reload()
-        port = gateway.attrs["NetworkSettings"]["Ports"]["19100/tcp"][0]["HostPort"]
+        port = gateway.attrs["NetworkSettings"]["Ports"][f"{desc.container_port}/tcp"][0][
+            "HostPort"
+        ]
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

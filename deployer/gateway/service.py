@@ -1,0 +1,91 @@
+"""The gateway as a service of the deployment: its ContainerSpec (the same description for the
+compose file and the Docker runtime), started once every tier it fronts is healthy, no GPU.
+Pure: the plan in, the spec out."""
+
+from __future__ import annotations
+
+import json
+
+from deployer.gateway.config import GATEWAY_SERVICE, GatewaySpec, public_config, secret_vars
+from deployer.gateway.server import CONFIG_ENV
+from deployer.plan import DeploymentPlan
+from deployer.spec import (
+    LABEL_CONFIG_FILES,
+    LABEL_DEPENDS_ON,
+    LABEL_ENGINE,
+    LABEL_GPUS,
+    LABEL_MAX_MODEL_LEN,
+    LABEL_MODEL,
+    LABEL_NUMBER,
+    LABEL_ONEOFF,
+    LABEL_PORT,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+    LABEL_START_AFTER,
+    LABEL_UTILIZATION,
+    LABEL_WORKING_DIR,
+    ContainerSpec,
+    Healthcheck,
+    project_name,
+)
+
+GATEWAY_MODEL_LABEL = "qwen-deploy gateway"
+START_PERIOD_S = 30
+
+
+def gateway_container_spec(
+    plan: DeploymentPlan, spec: GatewaySpec, deployment_dir: str, image: str
+) -> ContainerSpec:
+    """The gateway's container: the config as JSON in its environment (so the config hash
+    follows the plan), the tiers' and clients' keys only as .env references."""
+    project = project_name(plan)
+    tiers = tuple(s.name for s in plan.services)
+    config = json.dumps(public_config(plan, spec, "network"), sort_keys=True, separators=(",", ":"))
+    health = f"http://127.0.0.1:{spec.port}/health"
+    labels = {
+        LABEL_PROJECT: project,
+        LABEL_SERVICE: GATEWAY_SERVICE,
+        LABEL_ONEOFF: "False",
+        LABEL_NUMBER: "1",
+        LABEL_WORKING_DIR: deployment_dir,
+        LABEL_CONFIG_FILES: f"{deployment_dir}/compose.yaml",
+        LABEL_DEPENDS_ON: ",".join(f"{t}:service_healthy:false" for t in tiers),
+        LABEL_MODEL: GATEWAY_MODEL_LABEL,
+        LABEL_GPUS: "",
+        LABEL_PORT: str(spec.port),
+        LABEL_ENGINE: str(plan.engine),
+        LABEL_MAX_MODEL_LEN: str(max(s.max_model_len for s in plan.services)),
+        LABEL_UTILIZATION: "0",
+        LABEL_START_AFTER: ",".join(tiers),
+    }
+    return ContainerSpec(
+        service=GATEWAY_SERVICE,
+        container_name=f"{project}-{GATEWAY_SERVICE}-1",
+        image=image,
+        entrypoint=None,  # the image's: python3 -m deployer.gateway
+        command=("--config-env", CONFIG_ENV, "--host", "0.0.0.0", "--port", str(spec.port)),
+        environment=((CONFIG_ENV, config),),
+        secret_env=tuple((var, var) for var in secret_vars(plan, spec)),
+        bind=spec.bind,
+        host_port=spec.port,
+        container_port=spec.port,
+        device_ids=(),  # no GPU
+        volumes=(),
+        ipc_mode="private",
+        restart_policy="always",
+        network=f"{project}_default",
+        healthcheck=Healthcheck(
+            test=(
+                "CMD",
+                "python3",
+                "-c",
+                f"import urllib.request; urllib.request.urlopen('{health}', timeout=4)",
+            ),
+            interval_s=10,
+            timeout_s=5,
+            retries=3,
+            start_period_s=START_PERIOD_S,
+        ),
+        labels=tuple(sorted(labels.items())),
+        depends_on=tiers,
+    )
