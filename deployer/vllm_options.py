@@ -32,7 +32,7 @@ PLANNED_FLAGS = {
     "--gpu-memory-utilization": "gpu_memory_utilization",
     "--max-model-len": "context",
     "--max-num-seqs": "max_num_seqs",
-    "--max-num-batched-tokens": "max_num_seqs and context (the planner sizes it)",
+    "--max-num-batched-tokens": "max_num_batched_tokens",
     "--kv-cache-dtype": "kv_cache_dtype",
     "--quantization": "model (choose the checkpoint of that quantization)",
     "--reasoning-parser": "reasoning_parser",

@@ -54,3 +54,25 @@ def test_config_hash_ignores_hf_token_but_not_the_api_key(catalog: Catalog) -> N
     base = spec.config_hash({var: "key-one-123"})
     assert spec.config_hash({var: "key-one-123", "HF_TOKEN": "hf_x"}) == base
     assert spec.config_hash({var: "key-two-456"}) != base
+
+
+def test_every_flag_the_plan_sets_is_refused_in_extra_args(catalog: Catalog) -> None:
+    """D9: extra_args may not override what vllm_args sets; a flag added there must be added
+    to vllm_options.PLANNED_FLAGS too, or the plan and the container could disagree."""
+    from deployer.vllm_options import PLANNED_FLAGS, check_extra_args, serve_options
+
+    profile = parse_profile(
+        {
+            "services": {
+                "a": {"model": "Qwen/Qwen3-8B-AWQ", "gpus": [0], "port": 5000, "context": 65536,
+                      "enforce_eager": True},
+            }
+        },
+        "<all-flags>",
+    )  # fmt: skip
+    service = plan(inventory("3x-rtx4090"), profile, catalog, PlanOptions()).services[0]
+    flags = [a for a in vllm_args(service) if a.startswith("--")]
+    assert "--hf-overrides" in flags and "--enforce-eager" in flags  # YaRN and eager: all of them
+    for flag in flags:
+        assert serve_options()[flag].canonical in PLANNED_FLAGS, flag
+        assert "set by the plan" in (check_extra_args([flag, "1"], "x") or ""), flag
