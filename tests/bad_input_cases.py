@@ -275,10 +275,13 @@ def _bad_key_line(text: str) -> str:
 # --- setups of the hardening cases (issue 14) ----------------------------------------------------
 
 NOBODY = 65534  # the unprivileged `nobody` user: another user's files, without creating a user
-BILLION_LAUGHS = "".join(
-    f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
-    for prev, name in zip(["", "a", "b", "c", "d", "e", "f", "g"], "abcdefghi", strict=False)
-) + "services: {mini: {model: *h, port: 5001}}\n"
+BILLION_LAUGHS = (
+    "".join(
+        f"{name}: &{name} [{', '.join([f'*{prev}'] * 9) if prev else ', '.join(['lol'] * 9)}]\n"
+        for prev, name in zip(["", "a", "b", "c", "d", "e", "f", "g"], "abcdefghi", strict=False)
+    )
+    + "services: {mini: {model: *h, port: 5001}}\n"
+)
 
 
 def profile_bytes(data: bytes) -> Setup:
