@@ -126,9 +126,7 @@ def test_markdown_has_curl_openai_streaming_and_thinking_examples(
     assert 'client = OpenAI(base_url="http://127.0.0.1:5002/v1"' in text
     assert "stream=True" in text and "curl -N" in text
     assert '"enable_thinking": false' in text and '"enable_thinking": True' in text
-    assert (
-        "| mini | `Qwen/Qwen3-8B-AWQ` | `http://127.0.0.1:5001/v1` | 32768 | `te…i` |" in text
-    )
+    assert "| mini | `Qwen/Qwen3-8B-AWQ` | `http://127.0.0.1:5001/v1` | 32768 | `te…i` |" in text
     assert "set -a; . /d/.env; set +a" in text
     assert "## Operational advice" in text
     assert "GPU 2 is shared by mini and micro" in text
