@@ -352,3 +352,27 @@ def test_shared_gpu_admission_caps_the_group_then_429(tmp_path: Path) -> None:
         assert chat(d, "medium").status_code == 200
     finally:
         d.stop()
+
+
+def test_verify_checks_the_gateway_like_a_tier(deployment: Deployment) -> None:
+    from dataclasses import replace
+
+    from deployer.gateway.check import verify_gateway
+    from deployer.gateway.config import KeySpec
+
+    spec = GatewaySpec(port=deployment.gateway.port, keys=(KeySpec("default"),))
+    keys = {"QWEN_DEPLOY_GATEWAY_KEY_DEFAULT": deployment.keys["default"]}
+    with requests.Session() as session:
+        report = verify_gateway(session, deployment.plan, spec, keys, deadline_s=10)
+        assert report.ok, [(c.check, c.detail) for c in report.failures]
+        assert [c.check for c in report.checks] == [
+            "health", "models", "auth", "tiers", "stream", "seed-chat", "seed-stream",
+        ]  # fmt: skip
+        assert "MEDIUM->medium" in report.check("tiers").detail
+        wrong = verify_gateway(
+            session, deployment.plan, spec, {"QWEN_DEPLOY_GATEWAY_KEY_DEFAULT": "nope-nope-nope"}
+        )
+        assert not wrong.check("models").ok and "401" in wrong.check("models").detail
+        elsewhere = replace(spec, port=1)
+        down = verify_gateway(session, deployment.plan, elsewhere, keys, deadline_s=0.5)
+        assert not down.check("health").ok and down.check("tiers").skipped

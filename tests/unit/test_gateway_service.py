@@ -78,3 +78,23 @@ def test_a_changed_tier_changes_the_gateways_config_hash(tri_tier: DeploymentPla
     changed = replace(tri_tier, services=services)
     assert gateway_container_spec(changed, spec, "/d", "img").config_hash({}) != before
     assert gateway_container_spec(tri_tier, spec, "/d", "img").config_hash({}) == before
+
+
+def test_the_guide_shows_one_url_one_key_and_every_name(tri_tier: DeploymentPlan) -> None:
+    from deployer.gateway.guide import gateway_entry, gateway_markdown
+
+    spec = GatewaySpec()
+    keys = resolve_gateway_keys(spec, {}, {})
+    secret = keys["QWEN_DEPLOY_GATEWAY_KEY_DEFAULT"]
+    masked = gateway_entry(tri_tier, spec, keys, False, lambda k: "xx…yy")
+    assert masked["base_url"] == "http://127.0.0.1:19100/v1"
+    assert masked["api_key"] == "xx…yy" and secret not in json.dumps(masked)
+    assert "$QWEN_DEPLOY_GATEWAY_KEY_DEFAULT" in masked["examples"]["curl_chat"]
+    names = {m["tier"]: m["names"] for m in masked["models"]}
+    assert names["mini"] == ["mini", "Qwen/Qwen3-8B-AWQ", "MINI", "8b"] and "auto" in names
+    shown = gateway_entry(tri_tier, spec, keys, True, lambda k: "xx…yy")
+    assert secret in shown["examples"]["curl_chat"] and shown["api_key"] == secret
+    text = "\n".join(gateway_markdown(masked))
+    assert text.startswith("## Gateway (one URL for every tier)")
+    assert "--data-binary @question.json" in text and "brièvement" in text
+    assert "/api/v1/chat/stream" in text
