@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 
-from deployer.catalog import _yaml_problem
 from deployer.deployment import write_atomic
 from deployer.errors import ProfileError
 from deployer.profiles import parse_profile
@@ -87,14 +86,10 @@ def edit_text(text: str, service: str, settings: Mapping[str, Value]) -> str | N
 
 def write_service_settings(path: Path, service: str, settings: Mapping[str, Value]) -> Path:
     """Set the service's keys in the profile at path; the backup's path."""
-    try:
-        original = path.read_text()
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(original)
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    from deployer.safeload import load_yaml, read_text  # the profile loader's own rules
+
+    original = read_text(path, "profile", ProfileError)
+    data = load_yaml(original, str(path), ProfileError)
     services = data.get("services") if isinstance(data, dict) else None
     if not isinstance(services, dict) or not isinstance(services.get(service), dict):
         names = ", ".join(map(str, services)) if isinstance(services, dict) else "none"
