@@ -8,6 +8,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+from deployer.memory_model import reserved_mib
 from deployer.planner import DeploymentPlan, ServicePlan
 from deployer.vllm_pin import (
     CONTAINER_PORT,
@@ -180,6 +181,10 @@ def container_specs(plan: DeploymentPlan, deployment_dir: str) -> tuple[Containe
             )
             environment["STANDIN_GPU_FOREIGN_MIB"] = ",".join(
                 f"{g.index}:{g.memory_used_mib}" for g in plan.gpus
+            )
+            # vLLM's total leaves NVML's reserved memory out; the stand-in does too.
+            environment["STANDIN_GPU_RESERVED_MIB"] = ",".join(
+                f"{g.index}:{reserved_mib(g)}" for g in plan.gpus
             )
             environment["STANDIN_LEDGER_DIR"] = STANDIN_LEDGER_DIR
             volumes.append((STANDIN_LEDGER_VOLUME, STANDIN_LEDGER_DIR))
