@@ -19,9 +19,8 @@ import requests
 
 from deployer import openai_wire as wire
 from deployer.deployment import DeploymentDir
-from deployer.endpoints import base_url_for
 from deployer.errors import VerifyFailed
-from deployer.planner import DeploymentPlan, ServicePlan
+from deployer.plan import DeploymentPlan, ServicePlan
 
 VERIFY_SCHEMA_VERSION = 1
 CHECKS = ("health", "models", "auth", "chat", "stream", "thinking")
@@ -655,7 +654,7 @@ def verify_plan(
     results = [
         verify_service(
             session,
-            base_url_for(service, host),
+            service.base_url(host),
             service,
             keys.get(service.api_key_env, ""),
             deadline_s=deadline_s,

@@ -33,6 +33,7 @@ from deployer.cli.runtime_view import (
     echo_failures,
     result_table,
     say_interrupted,
+    startup_table,
     status_table,
     summary,
 )
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from deployer.deployment import DeploymentDir
-    from deployer.planner import DeploymentPlan
+    from deployer.plan import DeploymentPlan
     from deployer.runtime import ApplyResult
 
 T = TypeVar("T")
@@ -290,7 +291,8 @@ def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> No
     directory = app.deployment_dir
     plan = directory.load_plan() if directory.exists() else None
     specs = container_specs(plan, str(directory.path)) if plan else ()
-    verify = directory.load_state().get("verify", {})
+    state = directory.load_state()
+    verify = state.get("verify", {})
     now = datetime.now(timezone.utc)
     rows = runtime.service_statuses(
         docker_client(),
@@ -303,6 +305,9 @@ def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> No
         now=now,
     )
     summary = runtime.status_summary(app.deployment, rows)
+    # Planned against actual (issue 11), for services whose container is there.
+    present = {r.service for r in rows if r.container and r.in_plan}
+    startup = [c for c in runtime.startup_comparisons(plan, state) if c.service in present]
     if as_json:
         print_json(
             "status",
@@ -311,6 +316,7 @@ def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> No
                 "at": now.isoformat(timespec="seconds"),
                 "services": [r.to_dict() for r in rows],
                 "summary": summary,
+                "startup": [c.to_dict() for c in startup],
             },
             one_line=json_lines,  # --watch --json: JSON Lines, one document per refresh
         )
@@ -319,9 +325,20 @@ def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> No
         click.echo(f"{app.deployment}: no plan and no containers (run `qwen-deploy up`)")
         return
     click.echo(status_table(rows, use_color(), now))
-    if any(r.up_to_date is False for r in rows):
+    if plan and not directory.file(".env").exists():  # D11: say what happened, not "older"
+        click.echo(
+            "* .env is missing: the containers still run with their keys; `qwen-deploy "
+            "endpoints` says how to restore it (or delete plan.json and `up` for new keys)"
+        )
+    elif any(r.up_to_date is False for r in rows):
         click.echo("* the container runs an older configuration than plan.json")
     click.echo(summary)
+    if startup:
+        click.echo("")
+        click.echo(startup_table(startup, use_color()))
+        for comparison in startup:
+            for warning in comparison.warnings:
+                click.echo(f"warning: {warning}", err=True)
 
 
 @click.command()

@@ -20,7 +20,7 @@ from deployer.cli.common import (
 from deployer.deployment import ENV_FILE, DeploymentDir
 
 if TYPE_CHECKING:
-    from deployer.planner import DeploymentPlan
+    from deployer.plan import DeploymentPlan
     from deployer.verify import CheckResult, VerificationReport
 
 DEFAULT_DEADLINE_S = 120.0  # same as deployer.verify's; kept here so --help imports no requests

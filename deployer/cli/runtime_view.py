@@ -15,8 +15,9 @@ import click
 from deployer.cli.common import is_terminal, table, use_color
 
 if TYPE_CHECKING:
-    from deployer.planner import DeploymentPlan
+    from deployer.plan import DeploymentPlan
     from deployer.runtime import Action, ApplyResult, Progress, ServiceStatus
+    from deployer.startup_check import StartupComparison
 
 # Stage and state colours; only ever applied when the stream is a terminal and NO_COLOR is unset.
 _COLOURS = {
@@ -164,8 +165,6 @@ def echo_failures(result: ApplyResult) -> None:
 
 
 def result_table(result: ApplyResult, plan: DeploymentPlan) -> str:
-    from deployer.endpoints import base_url_for
-
     colour = use_color()
     actions = {a.service: a for a in result.actions}
     rows = []
@@ -183,7 +182,7 @@ def result_table(result: ApplyResult, plan: DeploymentPlan) -> str:
                 _ACTION_WORDS.get(action.kind, action.kind),
                 paint(state, colour, "healthy" if outcome.ok else "failed"),
                 took,
-                base_url_for(plan.service(outcome.service)) + "/v1",
+                plan.service(outcome.service).base_url() + "/v1",
             ]
         )
     rows += [[a.service, "removed", "-", "-", "-"] for a in result.actions if a.kind == "remove"]
@@ -249,3 +248,34 @@ def status_table(rows: Sequence[ServiceStatus], colour: bool, now: datetime) -> 
         )
     headers = ["SERVICE", "MODEL", "GPUS", "PORT", "STATE", "HEALTH", "UPTIME", "RESTARTS"]
     return table([*headers, "VERIFIED"], out)
+
+
+_FIGURE_WORDS = {
+    "model_loading_gib": "model loading",
+    "available_kv_cache_gib": "KV cache memory",
+    "kv_cache_tokens": "KV cache size",
+}
+
+
+def _figure(figure: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f} tokens" if figure == "kv_cache_tokens" else f"{value:.2f} GiB"
+
+
+def startup_table(comparisons: Sequence[StartupComparison], colour: bool) -> str:
+    """What each service's vLLM printed at start-up beside what the plan predicted."""
+    rows = []
+    for comparison in comparisons:
+        for f in comparison.figures:
+            diff = "-" if f.diff_percent is None else f"{f.diff_percent:+.1f}%"
+            rows.append(
+                [
+                    comparison.service,
+                    _FIGURE_WORDS.get(f.figure, f.figure),
+                    _figure(f.figure, f.predicted),
+                    _figure(f.figure, f.actual),
+                    paint(diff, colour, "failed") if f.warn else diff,
+                ]
+            )
+    return table(["SERVICE", "AT START-UP", "PLANNED", "VLLM PRINTED", "DIFF"], rows)

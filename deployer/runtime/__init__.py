@@ -46,6 +46,7 @@ from deployer.runtime.start import (
     restart,
     restart_with,
 )
+from deployer.runtime.startup_record import COMPARISON_KEY, record_startup, startup_comparisons
 from deployer.runtime.states import ActionKind, ContainerState, Stage
 from deployer.runtime.status import (
     ServiceStatus,
@@ -56,6 +57,7 @@ from deployer.runtime.status import (
 )
 
 __all__ = [
+    "COMPARISON_KEY",
     "STOP_TIMEOUT_S",
     "Action",
     "ActionKind",
@@ -92,11 +94,13 @@ __all__ = [
     "port_conflicts",
     "preflight",
     "readiness",
+    "record_startup",
     "restart",
     "restart_deployment",
     "restart_with",
     "runtime_env",
     "service_statuses",
+    "startup_comparisons",
     "status_rows",
     "status_summary",
     "up",

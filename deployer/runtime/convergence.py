@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from deployer.planner import DeploymentPlan
+from deployer.plan import DeploymentPlan
 from deployer.runtime.observed import Observed
 from deployer.runtime.states import ActionKind, ContainerState
 from deployer.spec import (

@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from deployer.planner import DeploymentPlan
+from deployer.plan import DeploymentPlan
 from deployer.runtime import containers as engine
 from deployer.runtime.engine_errors import docker_errors
 from deployer.runtime.observed import NETWORK_OWNER_LABEL, foreign

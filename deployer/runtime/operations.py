@@ -11,13 +11,14 @@ import docker
 import requests
 
 from deployer.deployment import DeploymentDir, resolve_api_keys
-from deployer.planner import DeploymentPlan
+from deployer.plan import DeploymentPlan
 from deployer.profiles import Profile
 from deployer.runtime.convergence import Action
 from deployer.runtime.preflight import MemoryProbe, plan_actions, preflight
 from deployer.runtime.progress import ProgressCallback
 from deployer.runtime.results import ApplyResult
 from deployer.runtime.start import StartOptions, apply_with, restart_with
+from deployer.runtime.startup_record import record_startup
 from deployer.spec import ContainerSpec, container_specs
 
 
@@ -106,6 +107,7 @@ def up(
             progress, request.timeout_s, request.session, request.memory_probe, request.poll_s
         )
         result = apply_with(client, request.plan, specs, env, options, actions)
+        record_startup(directory, request.plan, result)
     return UpResult(result, keys)
 
 
@@ -137,4 +139,6 @@ def restart_deployment(
         options = StartOptions(
             progress, request.timeout_s, request.session, request.memory_probe, request.poll_s
         )
-        return restart_with(client, plan, specs, env, request.services, options)
+        result = restart_with(client, plan, specs, env, request.services, options)
+        record_startup(directory, plan, result)
+        return result

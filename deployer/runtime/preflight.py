@@ -13,7 +13,8 @@ import docker.errors
 
 from deployer.errors import DeployFailed, NameTaken
 from deployer.gpus import GIB, GpuInventory
-from deployer.planner import DeploymentPlan, ServicePlan, requested_bytes, start_room_bytes
+from deployer.plan import DeploymentPlan, ServicePlan
+from deployer.planner import requested_bytes, start_room_bytes
 from deployer.runtime.convergence import Action, converge_actions
 from deployer.runtime.engine_errors import docker_errors, explanation
 from deployer.runtime.observed import foreign, is_owned, local_image_ids, observe

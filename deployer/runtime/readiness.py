@@ -5,9 +5,8 @@ from __future__ import annotations
 import requests
 
 from deployer import openai_wire as wire
-from deployer.endpoints import base_url_for
 from deployer.errors import DeployFailed
-from deployer.planner import ServicePlan
+from deployer.plan import ServicePlan
 
 
 def readiness(
@@ -15,7 +14,7 @@ def readiness(
 ) -> tuple[bool, str]:
     """(ready, detail): ready once GET /v1/models answers 200 with the service's key and lists
     its model; loaded weights and KV cache, not just a live process as /health says."""
-    url = base_url_for(service) + wire.MODELS_PATH
+    url = service.base_url() + wire.MODELS_PATH
     try:
         # No header for a service without a key (auth: none).
         response = session.get(url, headers=wire.auth_headers(api_key), timeout=timeout_s)

@@ -9,6 +9,7 @@ from deployer import diagnose
 from deployer.errors import DeployFailed
 from deployer.runtime.convergence import Action
 from deployer.runtime.states import ActionKind, Stage
+from deployer.startup_check import StartupFigures
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,15 @@ class ServiceOutcome:
     ready_s: float | None = None  # since apply began: when it answered /v1/models
     log_excerpt: tuple[str, ...] = ()
     findings: tuple[diagnose.Finding, ...] = ()
+    # What vLLM printed at start-up (model loading, KV cache memory and size); None when the
+    # service was not started by this run (kept running) or did not become ready.
+    startup: StartupFigures | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["log_excerpt"] = list(self.log_excerpt)
         data["findings"] = [asdict(f) for f in self.findings]
+        data["startup"] = None if self.startup is None else self.startup.to_dict()
         return data
 
 

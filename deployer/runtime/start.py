@@ -23,7 +23,7 @@ import requests
 
 from deployer import diagnose
 from deployer.errors import DeployError, DeployFailed, StateError
-from deployer.planner import DeploymentPlan, ServicePlan
+from deployer.plan import DeploymentPlan, ServicePlan
 from deployer.runtime import containers as engine
 from deployer.runtime.convergence import Action
 from deployer.runtime.engine_errors import docker_errors
@@ -34,8 +34,10 @@ from deployer.runtime.readiness import readiness
 from deployer.runtime.results import ApplyResult, ServiceOutcome
 from deployer.runtime.states import ActionKind, ContainerState, Stage
 from deployer.spec import ContainerSpec
+from deployer.startup_check import StartupFigures, parse_startup_log
 
 EXCERPT_LINES = 15
+STARTUP_LOG_LINES = 5000  # of one start attempt: vLLM prints its figures before it is ready
 
 _STOPPED_FIRST = (ActionKind.RECREATE, ActionKind.RESTART, ActionKind.REMOVE)
 _CREATED = (ActionKind.CREATE, ActionKind.RECREATE)
@@ -216,6 +218,8 @@ class _Run:
                 engine.set_restart_policy(container, spec.restart_policy)
         except DeployError as exc:
             return self._failed(service, action, container, exc, started_s, wall)
+        ready_s = time.monotonic() - self.t0
+        startup = None if noop else _startup_figures(container, wall)
         self.report(service.name, Stage.HEALTHY, began, "unchanged" if noop else "")
         return ServiceOutcome(
             service.name,
@@ -223,7 +227,8 @@ class _Run:
             True,
             Stage.HEALTHY,
             started_s=started_s,
-            ready_s=time.monotonic() - self.t0,
+            ready_s=ready_s,
+            startup=startup,
         )
 
     def _wait_ready(self, service: ServicePlan, container: Any, began: float) -> None:
@@ -286,6 +291,15 @@ class _Run:
             log_excerpt=excerpt,
             findings=findings,
         )
+
+
+def _startup_figures(container: Any, since: float) -> StartupFigures:
+    """The memory figures this start of the container printed (issue 11: planned against
+    actual); empty figures when its log cannot be read."""
+    with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+        lines = engine.log_lines(container, since, tail=STARTUP_LOG_LINES)
+        return parse_startup_log("\n".join(lines))
+    return StartupFigures()
 
 
 def _stop_first(

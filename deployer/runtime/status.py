@@ -11,7 +11,7 @@ from typing import Any
 
 import docker
 
-from deployer.planner import DeploymentPlan, ServicePlan
+from deployer.plan import DeploymentPlan, ServicePlan
 from deployer.runtime.observed import Observed, foreign, observe
 from deployer.runtime.states import ContainerState
 from deployer.spec import LABEL_GPUS, LABEL_MODEL, LABEL_PORT, ContainerSpec

@@ -249,3 +249,43 @@ def test_foreign_containers_are_their_own_rows_and_never_not_in_the_plan() -> No
     assert status_summary("t", [row]) == (
         "t: 0/0 running, 0 healthy, foreign: db (another compose project's, left alone)"
     )
+
+
+def test_startup_figures_are_recorded_beside_the_plan_and_dropped_when_a_start_has_none(
+    tri_tier: DeploymentPlan, tmp_path: Any
+) -> None:
+    from deployer.deployment import DeploymentDir
+    from deployer.runtime.results import ApplyResult, ServiceOutcome
+    from deployer.runtime.startup_record import record_startup, startup_comparisons
+    from deployer.runtime.states import ActionKind, Stage
+    from deployer.startup_check import StartupFigures, predicted
+
+    directory = DeploymentDir.named(tmp_path / "home", "t")
+    mini = tri_tier.service("mini")
+    off = StartupFigures(1.0, predicted(mini).available_kv_cache_gib * 0.9, 1000, 2.0)
+
+    def result(**started: StartupFigures | None) -> ApplyResult:
+        outcomes = tuple(
+            ServiceOutcome(name, ActionKind.CREATE, True, Stage.HEALTHY, startup=figures)
+            for name, figures in started.items()
+        )
+        return ApplyResult("t", (), outcomes, 1.0)
+
+    assert record_startup(
+        directory, tri_tier, result(mini=off, micro=predicted(tri_tier.service("micro")))
+    )
+    state = directory.load_state()
+    assert state["startup_figures"]["mini"]["available_kv_cache_gib"] == off.available_kv_cache_gib
+    [kv] = [
+        f
+        for f in state["startup_vs_plan"]["mini"]["figures"]
+        if f["figure"] == "available_kv_cache_gib"
+    ]
+    assert kv["diff_percent"] == -10.0 and kv["warn"] is True
+    by_service = {c.service: c for c in startup_comparisons(tri_tier, state)}
+    assert set(by_service) == {"mini", "micro"}
+    assert not by_service["micro"].warnings and by_service["mini"].warnings
+    # Kept running (None): nothing to record; started again without figures: the old go.
+    assert not record_startup(directory, tri_tier, result(mini=None))
+    assert record_startup(directory, tri_tier, result(mini=StartupFigures()))
+    assert set(directory.load_state()["startup_figures"]) == {"micro"}
