@@ -62,6 +62,13 @@ def test_plan_and_the_inventory_commands_import_no_docker_jinja_or_matplotlib() 
         assert "deployer.plan" in modules or args[0] != "plan"
 
 
+def test_render_imports_jinja_but_not_docker_or_matplotlib(tmp_path: Path) -> None:
+    args = ("--home", str(tmp_path), "render", "-p", "tri-tier", "--gpus-file", str(GPUS_FILE))
+    modules = imported_after(run_cli(*args))
+    assert "jinja2" in modules and (tmp_path / "qwen3" / "compose.yaml").is_file()
+    assert not {m for m in modules if m.split(".")[0] in set(HEAVY) - {"jinja2"}}
+
+
 def test_the_lazy_table_lists_every_command_with_its_own_summary() -> None:
     found: dict[str, click.Command] = {}
     for module_name in main.COMMAND_MODULES:
