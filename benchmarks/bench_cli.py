@@ -14,6 +14,7 @@ ratio is over its limit.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -31,9 +32,16 @@ def qwen_deploy() -> str:
     return str(beside) if beside.exists() else shutil.which("qwen-deploy") or "qwen-deploy"
 
 
+# As installed: Python caches compiled modules (pip compiles a wheel's at install), so the first
+# (uncounted) round writes them where a session has turned that off.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def once(cmd: list[str]) -> float:
     start = time.perf_counter()
-    result = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    result = subprocess.run(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, env=ENV
+    )
     elapsed = time.perf_counter() - start
     if result.returncode != 0:  # a command that fails early would look fast
         raise SystemExit(f"{' '.join(cmd)} exited {result.returncode}: {result.stderr.decode()}")
