@@ -129,3 +129,30 @@ def test_the_deployment_still_verifies_after_all_of_them(healthy: Workspace) -> 
     )
     assert result.exit_code == 0, result.output
     assert Path(healthy.dir / "state.json").is_file()
+
+
+def test_status_watch_json_is_json_lines(healthy: Workspace) -> None:
+    """D28: `status --json --watch` prints one compact document per refresh (JSON Lines), so
+    `| jq -c` or a line reader can follow it."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from tests.bad_input_cases import entry_point
+
+    args = ["--home", str(healthy.home), "-d", healthy.deployment, "status", "--json"]
+    watch = subprocess.Popen(
+        [*entry_point(), *args, "--watch", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=30)
+    lines = out.splitlines()
+    assert len(lines) >= 2, (out, err)
+    for line in lines:
+        document = json.loads(line)
+        assert document["kind"] == "status" and len(document["services"]) == 3
