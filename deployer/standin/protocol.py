@@ -291,6 +291,16 @@ def completion_prompt(body: dict[str, Any]) -> str:
     return prompt
 
 
+def prompt_token_ids(body: dict[str, Any]) -> list[int] | None:
+    """/v1/completions' `prompt` when it is one list of token ids (as benchmarks send it)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
+        return prompt
+    return None
+
+
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 _FALSE = {"false", "0", "no", "off", "f", "n"}
 

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import process, responses
+from . import process, responses, tokenizer
 from .engine import ClientGone, Engine
 from .generation import (
     Generation,
@@ -31,6 +31,7 @@ from .protocol import (
     completion_prompt,
     include_usage,
     max_tokens,
+    prompt_token_ids,
     stop_conditions,
 )
 
@@ -255,9 +256,12 @@ def completions(engine: Engine, body: dict[str, Any], out: Responder) -> None:
     """POST /v1/completions."""
     settings = engine.settings
     prompt = completion_prompt(body)
+    token_ids = prompt_token_ids(body)
+    if token_ids is not None:  # the words behind the ids this stand-in handed out
+        prompt = tokenizer.decode(token_ids)
     check_sampling(body)
     check_model(body, settings.served_names)
-    prompt_tokens = count_tokens(prompt)
+    prompt_tokens = len(token_ids) if token_ids is not None else count_tokens(prompt)
     limit = max_tokens(
         body,
         prompt_tokens,

@@ -214,3 +214,12 @@ def test_a_client_that_disconnects_is_aborted(local: Local) -> None:
     assert len(aborted) == 2 and aborted[0].startswith("cmpl-")
     assert f"Request {aborted[1]} aborted." in log
     assert f"Added request {aborted[0]}." in log
+
+
+def test_completions_take_a_prompt_of_token_ids(local: Local) -> None:
+    ids = local.post("/tokenize", prompt="alpha beta gamma delta").json()["tokens"]
+    body = local.post("/v1/completions", prompt=ids, max_tokens=8).json()
+    assert body["usage"]["prompt_tokens"] == 4
+    assert body["choices"][0]["text"] == " Stand-in reply to: alpha beta gamma delta"
+    unknown = local.post("/v1/completions", prompt=[5, 6, 7], max_tokens=2).json()
+    assert unknown["usage"]["prompt_tokens"] == 3
