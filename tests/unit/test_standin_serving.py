@@ -106,7 +106,9 @@ def test_prefill_grows_with_the_prompt(local: Local) -> None:
         return time.monotonic() - start
 
     short, long = seconds(5), seconds(505)
-    assert long - short >= 500 / PREFILL_RATE * 0.9
+    # lower bounds only: a busy machine adds time, never takes it away
+    assert long >= (TTFT_MS / 1000 + 505 / PREFILL_RATE) * 0.95
+    assert long - short >= 500 / PREFILL_RATE * 0.6
 
 
 def test_ignore_eos_gives_exactly_max_tokens(local: Local) -> None:
