@@ -216,3 +216,20 @@ def test_a_client_that_leaves_a_non_streamed_request_aborts_it_too(deployment: D
     while time.monotonic() < deadline and mini.metrics().get(aborts, 0.0) <= before:
         time.sleep(0.1)
     assert mini.metrics().get(aborts, 0.0) == before + 1
+
+
+def test_a_stream_that_stalls_ends_with_a_504_event_not_a_hang(deployment: Deployment) -> None:
+    mini = deployment.tiers["mini"]
+    mini.stop()
+    mini.start(STANDIN_TOKENS_PER_SECOND="0.3")  # 3.3 s between tokens; idle_timeout_s is 2
+    wait_state(deployment, "mini", "ready")
+    started = time.monotonic()
+    with stream(deployment, "mini", 5) as answer:
+        assert answer.status_code == 200
+        raw = b"".join(answer.iter_content(chunk_size=None)).decode()
+    assert time.monotonic() - started < 15
+    events = [e[6:] for e in raw.split("\n\n") if e.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == 504 and "stalled mid-stream" in error["message"]
+    assert ": keep-alive" in raw  # the client heard from the gateway while it waited
