@@ -11,7 +11,6 @@ from enum import Enum
 from typing import Any
 
 from deployer.errors import ProfileError
-from deployer.profiles import API_KEY_PATTERN
 
 DEFAULT_PORT = 19100  # seed 004's port
 GATEWAY_KEY_VAR_PREFIX = "QWEN_DEPLOY_GATEWAY_KEY_"
@@ -182,6 +181,13 @@ def _parse_limits(raw: Any, where: str) -> Limits:
     return Limits(**values)
 
 
+def _key_pattern() -> Any:
+    # Imported late: the plan module imports this one, and profiles should not load with it.
+    from deployer.profiles import API_KEY_PATTERN
+
+    return API_KEY_PATTERN
+
+
 def _parse_key(name: Any, raw: Any, where: str) -> KeySpec:
     name = str(name)
     if not name or not set(name) <= KEY_NAME_CHARS or len(name) > 32:
@@ -201,7 +207,7 @@ def _parse_key(name: Any, raw: Any, where: str) -> KeySpec:
     else:
         raise ProfileError(f"{at}.tiers: expected `all` or a list of tier names, got {tiers!r}")
     api_key = raw.get("api_key")
-    if api_key is not None and (not isinstance(api_key, str) or not API_KEY_PATTERN.match(api_key)):
+    if api_key is not None and (not isinstance(api_key, str) or not _key_pattern().match(api_key)):
         raise ProfileError(
             f"{at}.api_key: keys are 8-256 characters of letters, digits and ._~+/=-"
         )
@@ -286,7 +292,7 @@ def resolve_gateway_keys(
                 )
         else:
             value = existing.get(key.env_var) or _secrets.token_urlsafe(32)
-        if not API_KEY_PATTERN.match(value):
+        if not _key_pattern().match(value):
             raise ProfileError(
                 f"the gateway key {key.name!r} has characters that would break the .env file or "
                 "the Authorization header (allowed: 8-256 of letters, digits and ._~+/=-)"
