@@ -189,7 +189,11 @@ class Gateway:
         if estimated:
             call.headers["x-qwen-deploy-token-count"] = "estimated"
         limiter = self.limiters[call.key.name]
-        limiter.acquire()
+        try:
+            limiter.acquire()
+        except ApiError:
+            self.metrics.rejected.labels(tier, call.key.name, "key-limit").inc()
+            raise
         try:
             first_error: ApiError | None = None
             for name in candidates:
