@@ -37,6 +37,7 @@ from deployer.cli.runtime_view import (
     status_table,
     summary,
 )
+from deployer.cli.targets import runtime_for, up_target_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -115,6 +116,7 @@ def hf_token_file_option(func: Any) -> Any:
 )
 @allow_unauthenticated_option
 @hf_token_file_option
+@up_target_options
 @pass_app
 def up(
     app: AppContext,
@@ -130,6 +132,8 @@ def up(
     share_name: bool,
     allow_unauthenticated: bool,
     hf_token: str | None,
+    target: str | None,
+    skip_gpu_check: bool,
 ) -> None:
     """Render the deployment and start it, touching only what changed; then verify it.
 
@@ -137,15 +141,16 @@ def up(
     another, each once the previous one answers /v1/models. Running `up` again with the same
     plan changes nothing. Ctrl-C stops waiting; started containers keep running.
 
+    With --target swarm: services on the swarm this engine manages (see the README).
+
     Example: qwen-deploy up --profile tri-tier
     """
-    from deployer import runtime
-
     planned = make_plan(app, profile_name, gpus_file, engine, models_files, image)
     plan = planned.plan
     from deployer.hostnet import check_binds_here
 
     check_binds_here(plan)  # before anything is written or created (D10)
+    runtime = runtime_for(app, target, engine, skip_gpu_check)
     request = runtime.UpRequest(
         directory=app.deployment_dir,
         profile=planned.profile,
@@ -252,7 +257,7 @@ def down(app: AppContext, wait_s: float) -> None:
 
     Example: qwen-deploy down
     """
-    from deployer import runtime
+    runtime = runtime_for(app)
     from deployer.errors import StateError
     from deployer.spec import HF_CACHE_VOLUME
 
@@ -285,7 +290,7 @@ def down(app: AppContext, wait_s: float) -> None:
 
 
 def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> None:
-    from deployer import runtime
+    runtime = runtime_for(app)
     from deployer.spec import container_specs
 
     directory = app.deployment_dir
@@ -420,7 +425,7 @@ def logs(
 
     Example: qwen-deploy logs mini --tail 50 -f
     """
-    from deployer import runtime
+    runtime = runtime_for(app)
 
     directory = app.deployment_dir
     names = list(services)
@@ -451,7 +456,7 @@ def restart(
 
     Example: qwen-deploy restart mini
     """
-    from deployer import runtime
+    runtime = runtime_for(app)
 
     directory = app.deployment_dir
     plan = directory.load_plan()

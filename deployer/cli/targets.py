@@ -117,11 +117,10 @@ def up_target_options(func: F) -> F:
     )(func)
 
 
-def up_target(
-    app: AppContext, client: Any, requested: str | None, engine: str, skip_gpu_check: bool
-) -> Target:
+def up_target(app: AppContext, requested: str | None, engine: str, skip_gpu_check: bool) -> Target:
     """The target `up` deploys to: as asked, else as recorded. Switching target is refused
     while the other one still runs something of this deployment."""
+    from deployer.cli.common import docker_client
     from deployer.errors import StateError
     from deployer.targets.record import read_target
 
@@ -131,13 +130,27 @@ def up_target(
     target = Target(requested) if requested else recorded
     if skip_gpu_check and target != Target.SWARM:
         raise click.UsageError("--skip-gpu-check is only for --target swarm")
-    if target != recorded and _running_on(client, app.deployment, recorded):
+    if target != recorded and _running_on(docker_client(), app.deployment, recorded):
         raise StateError(
             f"deployment {app.deployment!r} runs on {recorded}; it cannot move to {target} "
             "while it does",
             hint=f"`qwen-deploy down` first, then `qwen-deploy up --target {target}`",
         )
     return target
+
+
+def runtime_for(
+    app: AppContext, target: str | None = None, engine: str = "", skip_gpu_check: bool = False
+) -> Any:
+    """deployer.runtime, or its Swarm counterpart (same functions) when `up --target swarm`
+    or the deployment's recorded target says so."""
+    from deployer import runtime
+
+    if up_target(app, target, engine, skip_gpu_check) == Target.SWARM:
+        from deployer.targets.swarm_runtime import SwarmRuntime
+
+        return SwarmRuntime(skip_gpu_check)
+    return runtime
 
 
 def _running_on(client: Any, deployment: str, target: Target) -> bool:
@@ -149,9 +162,3 @@ def _running_on(client: Any, deployment: str, target: Target) -> bool:
     from deployer.runtime.observed import containers
 
     return bool(containers(client, deployment))
-
-
-def recorded_target(app: AppContext) -> Target:
-    from deployer.targets.record import read_target
-
-    return read_target(app.deployment_dir.path)[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -287,11 +287,30 @@ def wait_ready(
     return False, f"not ready after {timeout_s:.0f} s", lines
 
 
+def up_dry_run(
+    client: docker.DockerClient, request: UpRequest, skip_gpu_check: bool = False
+) -> tuple[Action, ...]:
+    """What `up --target swarm` would do now, after the same checks; changes nothing."""
+    plan = request.plan
+    keys = resolve_api_keys(
+        plan,
+        request.profile,
+        request.directory.read_env(),
+        request.environ,
+        request.allow_unauthenticated,
+    )
+    node, _ = check(client, plan, skip_gpu_check)
+    desired = swarm_services(plan, runtime_env(keys, request.hf_token), f"node.id=={node.id}")
+    with docker_errors("reading the swarm"):
+        return tuple(converge_actions(plan, desired, existing_services(client, plan.deployment)))
+
+
 def up(
     client: docker.DockerClient,
     request: UpRequest,
     skip_gpu_check: bool = False,
     progress: ProgressCallback | None = None,
+    on_checked: Callable[[Sequence[Action]], None] | None = None,
 ) -> UpResult:
     """Under the deployment's lock: check the swarm and the node, write the directory, then
     converge the services wave by wave and wait until each tier is ready."""
@@ -319,6 +338,8 @@ def up(
                 ) from None
         desired = swarm_services(plan, values, f"node.id=={node.id}")
         local = node.id == (client.info().get("Swarm") or {}).get("NodeID")
+        if on_checked is not None:
+            on_checked(())
         directory.write_files(render_files(plan, str(directory.path), keys))
         write_target(directory.path, Target.SWARM, node=node.id, network=network_name(plan))
         with docker_errors("deploying to the swarm"):

@@ -66,22 +66,21 @@ def swarm_statuses(
             svc = existing.get(tier)
             if svc is None:
                 assert service_plan is not None
-                gpus = ",".join(map(str, service_plan.gpus))
                 rows.append(
                     ServiceStatus(
-                        tier,
-                        service_plan.served_model_name,
-                        gpus,
-                        service_plan.port,
-                        MISSING,
-                        "-",
-                        None,
-                        0,
-                        None,
-                        None,
-                        True,
-                        None,
-                        verify.get(tier),
+                        service=tier,
+                        model=service_plan.served_model_name,
+                        gpus=",".join(map(str, service_plan.gpus)),
+                        port=service_plan.port,
+                        state=MISSING,
+                        health="-",
+                        uptime_s=None,
+                        restart_count=0,
+                        exit_code=None,
+                        container=None,
+                        in_plan=True,
+                        up_to_date=None,
+                        verify=verify.get(tier),
                     )
                 )
                 continue
@@ -120,6 +119,7 @@ def swarm_logs(
     *,
     follow: bool = False,
     tail: int | None = None,
+    since: datetime | int | None = None,
 ) -> Iterator[str]:
     """Log lines of the tiers' Swarm services (all when empty; then `name | ` prefixed,
     one service after another; --follow follows the last one)."""
@@ -142,6 +142,7 @@ def swarm_logs(
             stderr=True,
             follow=follow and position == len(names) - 1,
             tail="all" if tail is None else tail,
+            **({} if since is None else {"since": since}),
         )
         buffer = b""
         for chunk in stream:

@@ -163,3 +163,29 @@ def test_what_swarm_cannot_do_is_refused_before_anything_is_created(
     assert "cannot bind one address" in refused.output and "--target compose" in refused.output
     assert _services(engine, d.name) == {}
     assert not (d.home / d.name / "target.json").exists()
+
+
+def test_a_tier_that_fails_stays_down_with_its_logs_and_its_co_tenant_is_not_created(
+    swarm_deployment: Deployment,
+) -> None:
+    d, engine = swarm_deployment, swarm_deployment.engine
+    d.write_profile(
+        medium={"bind": "0.0.0.0"},
+        mini={"bind": "0.0.0.0", "environment": {"STANDIN_FAULT": "oom_on_start"}},
+        micro={"bind": "0.0.0.0"},
+    )
+    result = d.up("--target", "swarm", "--skip-gpu-check")
+    assert result.exit_code == ExitCode.DEPLOY, result.output
+    assert "mini did not become ready" in result.output
+    services = _services(engine, d.name)
+    assert set(services) == {"medium", "mini"}  # micro starts after mini: never created
+    # No crash loop next to a healthy co-tenant: the failed tier is scaled to 0 and kept.
+    assert services["mini"].attrs["Spec"]["Mode"]["Replicated"]["Replicas"] == 0
+    assert _models(d.ports["medium"], KEYS["medium"]).status_code == 200
+    logs = d.cli("logs", "mini")
+    assert "CUDA out of memory" in logs.stdout
+    status = json.loads(d.cli("status", "--json").stdout)
+    rows = {r["service"]: r for r in status["services"]}
+    assert rows["micro"]["state"] == "missing" and rows["medium"]["state"] == "running"
+    assert d.cli("down").exit_code == 0
+    assert _services(engine, d.name) == {}
