@@ -31,11 +31,12 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 
 def source_digest() -> str:
-    """12 hex digits over the deployer package's files (what the image copies)."""
+    """12 hex digits over the package's Python files and the gateway's Dockerfiles: the same
+    in a checkout and in an installed wheel (which also carries profiles and templates)."""
     digest = hashlib.sha256()
-    for path in sorted(PACKAGE.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
+    files = [*PACKAGE.rglob("*.py"), *DOCKER_DIR.glob("Dockerfile.*")]
+    for path in sorted(p for p in files if "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
