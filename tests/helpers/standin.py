@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +12,21 @@ import docker
 import pytest
 import requests
 
+from deployer import vllm_pin
+
 if TYPE_CHECKING:  # testcontainers is imported by the conftest, after it disables Ryuk
     from testcontainers.core.container import DockerContainer
+
+
+STANDIN_IMAGE = os.environ.get("STANDIN_IMAGE", vllm_pin.STANDIN_IMAGE)
+
+# Fast defaults for tests; a test overrides them through `env`.
+FAST_ENV = {
+    "STANDIN_LOAD_SECONDS": "0.3",
+    "STANDIN_TTFT_MS": "1",
+    "STANDIN_TOKENS_PER_SECOND": "2000",
+    "STANDIN_GPU_TOTAL_MIB": "0:24564,1:24564,2:24564,3:24564",
+}
 
 
 @dataclass

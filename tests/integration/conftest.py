@@ -16,25 +16,15 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer
 
-from deployer import vllm_pin
-from tests.helpers.standin import Standin, StartStandin
+from tests.helpers.standin import FAST_ENV, STANDIN_IMAGE, Standin, StartStandin
 from tests.integration.conftest_runtime import deployment, engine  # fixtures for every test
 
 __all__ = ["deployment", "engine"]  # the runtime fixtures, shared by every integration test
 
-STANDIN_IMAGE = os.environ.get("STANDIN_IMAGE", vllm_pin.STANDIN_IMAGE)
 MAKE_IMAGES_HINT = (
     "run `make images` (scripts/docker-up.sh starts the engine, scripts/build-images.sh builds "
     "the images)"
 )
-
-# Fast defaults for tests; a test overrides them through `env`.
-FAST_ENV = {
-    "STANDIN_LOAD_SECONDS": "0.3",
-    "STANDIN_TTFT_MS": "1",
-    "STANDIN_TOKENS_PER_SECOND": "2000",
-    "STANDIN_GPU_TOTAL_MIB": "0:24564,1:24564,2:24564,3:24564",
-}
 
 
 @pytest.fixture(scope="session")

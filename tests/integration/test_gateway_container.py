@@ -18,7 +18,7 @@ import requests
 from deployer.gateway import images
 from deployer.gateway.config import GatewaySpec, Limits, resolve_gateway_keys
 from deployer.gateway.service import gateway_container_spec
-from tests.integration.conftest import FAST_ENV, STANDIN_IMAGE
+from tests.helpers.standin import FAST_ENV, STANDIN_IMAGE
 from tests.integration.gateway_support import tri_tier_plan
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from deployer.plan import DeploymentPlan, Engine
 from deployer.runtime.convergence import Action, converge_actions
 from deployer.runtime.observed import observe
 from deployer.runtime.states import ActionKind, Stage
-from tests.integration.conftest import FAST_ENV, STANDIN_IMAGE
+from tests.helpers.standin import FAST_ENV, STANDIN_IMAGE
 from tests.integration.gateway_support import free_port, tri_tier_plan
 
 pytestmark = pytest.mark.integration

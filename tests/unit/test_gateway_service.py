@@ -22,7 +22,7 @@ from deployer.gateway.service import gateway_container_spec
 from deployer.plan import DeploymentPlan
 from deployer.planner import plan
 from deployer.profiles import load_profile
-from tests.conftest import inventory
+from tests.helpers import inventory
 
 
 @pytest.fixture
