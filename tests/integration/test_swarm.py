@@ -55,7 +55,7 @@ def swarm(engine: Any) -> Iterator[Any]:
 def swarm_deployment(swarm: Any, tmp_path: Path) -> Iterator[Deployment]:
     name = f"sw-{uuid.uuid4().hex[:8]}"
     ports = dict(zip(TIERS, free_ports(3), strict=True))
-    deployment = Deployment(name, tmp_path / "home", swarm, ports, random.randrange(1000, 2000, 3))
+    deployment = Deployment(name, tmp_path / "home", swarm, ports, random.randrange(1000, 1021, 3))
     # Swarm publishes ports on every interface: the profile has to say so.
     deployment.write_profile(**{t: {"bind": "0.0.0.0"} for t in TIERS})
     yield deployment
