@@ -17,7 +17,7 @@ import requests
 from deployer.errors import DeployFailed
 from deployer.gateway import images
 from deployer.gateway.config import GATEWAY_SERVICE, GatewaySpec, plan_gateway
-from deployer.gateway.service import gateway_container_spec
+from deployer.gateway.service import gateway_specs
 from deployer.plan import DeploymentPlan
 from deployer.runtime import containers as engine
 from deployer.runtime.convergence import Action
@@ -28,16 +28,6 @@ from deployer.spec import ContainerSpec
 
 READY_TIMEOUT_S = 60.0
 POLL_S = 0.5
-
-
-def gateway_specs(
-    plan: DeploymentPlan, deployment_dir: str, spec: GatewaySpec | None = None
-) -> tuple[ContainerSpec, ...]:
-    """The gateway's ContainerSpec when the plan has a gateway (for render, `up`, status)."""
-    spec = spec or plan_gateway(plan)
-    if spec is None:
-        return ()
-    return (gateway_container_spec(plan, spec, deployment_dir, images.image_tag(plan.engine)),)
 
 
 def ensure_image(

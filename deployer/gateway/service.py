@@ -5,8 +5,17 @@ Pure: the plan in, the spec out."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from deployer.gateway.config import GATEWAY_SERVICE, GatewaySpec, public_config, secret_vars
+from deployer.gateway import images
+from deployer.gateway.config import (
+    GATEWAY_SERVICE,
+    GatewaySpec,
+    plan_gateway,
+    public_config,
+    secret_vars,
+)
 from deployer.gateway.server import CONFIG_ENV
 from deployer.plan import DeploymentPlan
 from deployer.spec import (
@@ -19,6 +28,7 @@ from deployer.spec import (
     LABEL_NUMBER,
     LABEL_ONEOFF,
     LABEL_PORT,
+    LABEL_PREFIX,
     LABEL_PROJECT,
     LABEL_SERVICE,
     LABEL_START_AFTER,
@@ -89,3 +99,40 @@ def gateway_container_spec(
         labels=tuple(sorted(labels.items())),
         depends_on=tiers,
     )
+
+
+def gateway_specs(
+    plan: DeploymentPlan, deployment_dir: str, spec: GatewaySpec | None = None
+) -> tuple[ContainerSpec, ...]:
+    """The gateway's ContainerSpec when the plan has a gateway (for render, `up`, status)."""
+    spec = spec or plan_gateway(plan)
+    if spec is None:
+        return ()
+    return (gateway_container_spec(plan, spec, deployment_dir, images.image_tag(plan.engine)),)
+
+
+def compose_entry(
+    plan: DeploymentPlan, deployment_dir: str, interpolation: Callable[[str, bool], str]
+) -> dict[str, Any] | None:
+    """What compose_templates/gateway.yaml.j2 needs; None without a gateway. Every key is
+    required (`${VAR:?…}`): a gateway without its keys must not start."""
+    specs = gateway_specs(plan, deployment_dir)
+    if not specs:
+        return None
+    spec = specs[0]
+    return {
+        "spec": spec,
+        "secrets": [(name, interpolation(var, True)) for name, var in spec.secret_env],
+        "labels": [(k, v) for k, v in spec.labels if k.startswith(LABEL_PREFIX)],
+    }
+
+
+def env_keys(plan: DeploymentPlan, keys: Mapping[str, str]) -> dict[str, str]:
+    """The gateway keys for the deployment's .env (render_files); ValueError if one is missing."""
+    spec = plan_gateway(plan)
+    out = {}
+    for key in spec.keys if spec else ():
+        if not keys.get(key.env_var):
+            raise ValueError(f"no secret for gateway key {key.name!r} ({key.env_var})")
+        out[key.env_var] = keys[key.env_var]
+    return out
