@@ -16,14 +16,13 @@ from deployer.gateway.config import (
     parse_gateway_section,
     resolve_gateway_keys,
 )
-from deployer.planner import DeploymentPlan, plan
-from deployer.profiles import load_profile
-from tests.conftest import inventory
+from deployer.planner import DeploymentPlan
+from tests.helpers import tri_tier_plan
 
 
 @pytest.fixture
 def tri_tier(catalog: Catalog) -> DeploymentPlan:
-    return plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog)
+    return tri_tier_plan(catalog)
 
 
 def secrets_for(the_plan: DeploymentPlan, spec: GatewaySpec) -> dict[str, str]:
@@ -131,7 +130,7 @@ def test_build_config_refuses_missing_secrets_and_unknown_tiers(tri_tier: Deploy
     assert config.keys[0].tiers == frozenset({"mini"})
     assert config.key_for(secrets["QWEN_DEPLOY_GATEWAY_KEY_A"]) == config.keys[0]
     assert config.key_for("nope-nope-nope") is None
-    with pytest.raises(ProfileError, match="QWEN_DEPLOY_API_KEY_MINI is not in .env"):
+    with pytest.raises(ProfileError, match=r"QWEN_DEPLOY_API_KEY_MINI is not in \.env"):
         build_config(tri_tier, spec, {k: v for k, v in secrets.items() if "MINI" not in k})
     bad = GatewaySpec(keys=(KeySpec("a", tiers=("huge",)),))
     with pytest.raises(ProfileError, match="no tier 'huge'"):

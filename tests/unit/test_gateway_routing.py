@@ -23,7 +23,7 @@ from deployer.gateway.errors import ApiError, utf8_error
 from deployer.gateway.streaming import OpenAITap, Seed004Tap
 from deployer.planner import plan
 from deployer.profiles import load_profile
-from tests.conftest import inventory
+from tests.helpers import inventory
 
 
 @pytest.fixture
@@ -192,8 +192,8 @@ def test_seed_tap_emits_thinking_from_either_reasoning_field() -> None:
 
 
 def test_non_utf8_body_names_the_offset_and_the_fix() -> None:
-    error = utf8_error('{"m": "caf'.encode() + b"\xe9" + b'"}')
+    error = utf8_error(b'{"m": "caf' + b"\xe9" + b'"}')
     assert error is not None and error.status == 400
     assert "byte 0xe9 at offset 10" in error.message
     assert "curl --data-binary @" in error.message
-    assert utf8_error("{}".encode()) is None
+    assert utf8_error(b"{}") is None
