@@ -274,9 +274,9 @@ def resolve_api_keys(
     environ: Mapping[str, str],
     allow_unauthenticated: bool = False,
 ) -> dict[str, str]:
-    """One key per service: from the profile, from the named environment variable, the one
-    already in the deployment's .env, or a new random one. A service with `auth: none` gets
-    none, and only when the caller confirms it (`--allow-unauthenticated`)."""
+    """One key per service (and per gateway key): from the profile, from the named environment
+    variable, the one already in the deployment's .env, or a new random one. A service with
+    `auth: none` gets none, and only when the caller confirms it (`--allow-unauthenticated`)."""
     keys: dict[str, str] = {}
     for service in plan.services:
         spec = profile.service(service.name)
@@ -309,4 +309,8 @@ def resolve_api_keys(
                 "._~+/=-)"
             )
         keys[var] = key
+    if profile.gateway is not None:  # the clients' keys for the gateway, same sources
+        from deployer.gateway.spec import resolve_gateway_keys
+
+        keys.update(resolve_gateway_keys(profile.gateway, existing, environ))
     return keys

@@ -227,7 +227,7 @@ def endpoints_guide(
                 "examples": _examples(service, base_url, key_text, service.api_key_env, literal),
             }
         )
-    return {
+    guide: dict[str, Any] = {
         "schema_version": GUIDE_SCHEMA_VERSION,
         "deployment": plan.deployment,
         "profile": plan.profile,
@@ -235,9 +235,14 @@ def endpoints_guide(
         "vllm_version": plan.vllm_version,
         "keys_shown": show_keys,
         "env_file": env_file,
-        "tiers": tiers,
-        "advice": _advice(plan),
     }
+    if plan.gateway is not None:  # first: the one URL a client needs
+        from deployer.gateway.guide import gateway_entry
+
+        guide["gateway"] = gateway_entry(plan, plan.gateway, keys, show_keys, mask_key, host)
+    guide["tiers"] = tiers
+    guide["advice"] = _advice(plan)
+    return guide
 
 
 def _sampling_text(values: Mapping[str, Any]) -> str:
@@ -253,6 +258,13 @@ def to_markdown(guide: Mapping[str, Any]) -> str:
         f"Profile `{guide['profile']}`, engine {guide['engine']} (vLLM {guide['vllm_version']}), "
         "OpenAI-compatible API.",
         "",
+    ]
+    if guide.get("gateway"):
+        from deployer.gateway.guide import gateway_markdown
+
+        out += gateway_markdown(guide["gateway"])
+        out += ["## Tiers, directly", ""]
+    out += [
         "| Tier | Model (`model` field) | Base URL | Context | API key |",
         "|------|------------------------|----------|---------|---------|",
     ]

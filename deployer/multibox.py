@@ -140,4 +140,5 @@ def _merge(
         start_waves=tuple(tuple(sorted(w, key=order.index)) for w in waves),
         warnings=tuple(f"node {n}: {w}" for n, p in per_node.items() for w in p.warnings),
         nodes=tuple(NodePlan(n, inventories[n].source, p.gpus) for n, p in per_node.items()),
+        gateway=profile.gateway,
     )

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from deployer.errors import ProfileError
+from deployer.gateway.spec import GatewaySpec
 from deployer.gpus import GIB, Gpu, GpuProcess
 from deployer.profiles import GenerationDefaults
 
@@ -185,6 +186,7 @@ class DeploymentPlan:
     start_waves: tuple[tuple[str, ...], ...]
     warnings: tuple[str, ...] = ()
     nodes: tuple[NodePlan, ...] = ()  # several boxes; empty for a one-box plan (see `gpus`)
+    gateway: GatewaySpec | None = None  # the profile's `gateway:` section; None: no gateway
 
     def service(self, name: str) -> ServicePlan:
         for service in self.services:
@@ -270,6 +272,11 @@ class DeploymentPlan:
         data["engine"] = self.engine.value
         data["services"] = [s.to_dict() for s in self.services]
         data["nodes"] = [n.to_dict() for n in self.nodes]
+        # Absent without a gateway, so plans of profiles without one read as they always did;
+        # with one, its own to_dict (no literal key from the profile reaches plan.json).
+        del data["gateway"]
+        if self.gateway is not None:
+            data["gateway"] = self.gateway.to_dict()
         data["schema_version"] = PLAN_SCHEMA_VERSION
         return data
 
@@ -288,6 +295,8 @@ class DeploymentPlan:
         top["gpus"] = tuple(gpus)
         top["start_waves"] = tuple(tuple(w) for w in data["start_waves"])
         top["warnings"] = tuple(data["warnings"])
+        raw_gateway = data.get("gateway")
+        top["gateway"] = GatewaySpec.from_dict(raw_gateway) if raw_gateway is not None else None
         return _build(cls, top)  # type: ignore[no-any-return]
 
 

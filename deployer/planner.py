@@ -199,6 +199,7 @@ def plan(
         services=services,
         start_waves=_waves(services),
         warnings=warnings,
+        gateway=profile.gateway,
     )
 
 

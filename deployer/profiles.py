@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from deployer import profile_fields as check
 from deployer.catalog import Catalog, Checkpoint, _check_keys, parse_catalog
 from deployer.errors import ProfileError
+from deployer.gateway.spec import GatewaySpec, parse_gateway_section
 from deployer.profile_fields import ENV_NAME_PATTERN, SERVED_NAME_PATTERN, SERVICE_NAME_PATTERN
 from deployer.resources import profiles_dir
 from deployer.vllm_pin import KV_CACHE_DTYPES
@@ -73,6 +74,7 @@ class Profile:
     services: tuple[ServiceSpec, ...]
     source: str
     models: dict[str, Checkpoint] = field(default_factory=dict)
+    gateway: GatewaySpec | None = None  # one URL and key in front of every service
 
     @property
     def gpus_needed(self) -> int:
@@ -91,7 +93,7 @@ class Profile:
         )
 
 
-_PROFILE_KEYS = {"name", "description", "defaults", "services", "models"}
+_PROFILE_KEYS = {"name", "description", "defaults", "services", "models", "gateway"}
 _SERVICE_KEYS = {
     "model",
     "port",
@@ -354,13 +356,44 @@ def parse_profile(data: Any, source: str, default_name: str = "profile") -> Prof
                 )
             names[alias] = service.name
     models = parse_catalog(data["models"], f"{source}: models") if "models" in data else {}
+    gateway = parse_gateway_section(data.get("gateway"), source)
+    if gateway is not None:
+        gateway = _check_gateway(gateway, ports, names, source)
     return Profile(
         name=check.text(data.get("name", default_name), f"{source}: name", 128),
         description=check.text(data.get("description", ""), f"{source}: description"),
         services=services,
         source=source,
         models=models,
+        gateway=gateway,
     )
+
+
+def _check_gateway(
+    gateway: GatewaySpec, ports: dict[int, str], names: dict[str, str], source: str
+) -> GatewaySpec:
+    """The gateway's port is its own and its keys name services that exist (an alias reads as
+    its service's name)."""
+    if gateway.port in ports:
+        raise ProfileError(
+            f"{source}: gateway.port: {gateway.port} is already used by "
+            f"services.{ports[gateway.port]}",
+            hint="the gateway needs its own host port (19100 by default)",
+        )
+    for key in gateway.keys:
+        unknown = [t for t in key.tiers or () if t not in names]
+        if unknown:
+            raise ProfileError(
+                f"{source}: gateway.keys.{key.name}.tiers: no service {unknown[0]!r}",
+                hint=f"services are {', '.join(sorted(set(names.values())))}",
+            )
+    keys = tuple(
+        replace(k, tiers=tuple(dict.fromkeys(names[t] for t in k.tiers)))
+        if k.tiers is not None
+        else k
+        for k in gateway.keys
+    )
+    return replace(gateway, keys=keys)
 
 
 def load_profile_file(path: Path) -> Profile:

@@ -241,3 +241,11 @@ def container_specs(plan: DeploymentPlan, deployment_dir: str) -> tuple[Containe
             )
         )
     return tuple(specs)
+
+
+def deployment_specs(plan: DeploymentPlan, deployment_dir: str) -> tuple[ContainerSpec, ...]:
+    """Every container of the deployment: the services', then the gateway's when the plan has
+    one (what `up` converges and `status` compares)."""
+    from deployer.gateway.service import gateway_specs  # it builds on this module
+
+    return (*container_specs(plan, deployment_dir), *gateway_specs(plan, deployment_dir))

@@ -291,11 +291,11 @@ def down(app: AppContext, wait_s: float) -> None:
 
 def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> None:
     runtime = runtime_for(app)
-    from deployer.spec import container_specs
+    from deployer.spec import deployment_specs
 
     directory = app.deployment_dir
     plan = directory.load_plan() if directory.exists() else None
-    specs = container_specs(plan, str(directory.path)) if plan else ()
+    specs = deployment_specs(plan, str(directory.path)) if plan else ()
     state = directory.load_state()
     verify = state.get("verify", {})
     now = datetime.now(timezone.utc)

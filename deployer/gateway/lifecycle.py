@@ -162,10 +162,12 @@ def restart_gateway(
     env: Mapping[str, str],
     progress: ProgressCallback | None = None,
     spec: GatewaySpec | None = None,
+    tiers_failed: Sequence[str] = (),
 ) -> ServiceOutcome:
-    """`restart gateway`: stop and start its container, wait for its /health."""
+    """`restart gateway`: stop and start its container, wait for its /health (not started
+    when tiers restarted with it did not come back)."""
     specs = gateway_specs(plan, deployment_dir, spec)
     if not specs:
         raise DeployFailed(f"deployment {plan.deployment!r} has no gateway")
     action = Action(GATEWAY_SERVICE, ActionKind.RESTART, "asked for", specs[0].container_name)
-    return apply_gateway(client, specs[0], env, action, [], [], progress)
+    return apply_gateway(client, specs[0], env, action, [], tiers_failed, progress)

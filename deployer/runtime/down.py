@@ -11,6 +11,7 @@ from typing import Any
 import docker
 import docker.errors
 
+from deployer.gateway.spec import GATEWAY_SERVICE
 from deployer.plan import DeploymentPlan
 from deployer.runtime import containers as engine
 from deployer.runtime.engine_errors import docker_errors
@@ -57,6 +58,8 @@ def down(
 
         def rank(container: Any) -> int:
             service = (container.labels or {}).get(LABEL_SERVICE, "")
+            if service == GATEWAY_SERVICE:  # the front door closes first
+                return -len(order) - 1
             return -order.index(service) if service in order else 1
 
         found.sort(key=rank)

@@ -4,13 +4,15 @@ results, no printing. The CLI parses options, calls one of them and renders the 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import docker
 import requests
 
 from deployer.deployment import DeploymentDir, resolve_api_keys
+from deployer.gateway.spec import GATEWAY_SERVICE
 from deployer.plan import DeploymentPlan
 from deployer.profiles import Profile
 from deployer.runtime.convergence import Action
@@ -19,7 +21,7 @@ from deployer.runtime.progress import ProgressCallback
 from deployer.runtime.results import ApplyResult
 from deployer.runtime.start import StartOptions, apply_with, restart_with
 from deployer.runtime.startup_record import record_startup
-from deployer.spec import ContainerSpec, container_specs
+from deployer.spec import ContainerSpec, container_specs, deployment_specs
 
 
 def runtime_env(keys: Mapping[str, str], hf_token: str | None = None) -> dict[str, str]:
@@ -72,7 +74,7 @@ def _inputs(request: UpRequest) -> tuple[dict[str, str], list[ContainerSpec], di
         request.environ,
         request.allow_unauthenticated,
     )
-    specs = list(container_specs(plan, str(directory.path)))
+    specs = list(deployment_specs(plan, str(directory.path)))
     return keys, specs, runtime_env(keys, request.hf_token)
 
 
@@ -91,11 +93,13 @@ def up(
     """Under the deployment's lock: check host ports and images, then write compose.yaml,
     .env and plan.json, then converge the containers and wait until each service is ready.
     `on_checked` runs once the checks passed, before anything changes."""
+    from deployer.gateway import lifecycle  # it imports runtime modules: loaded once they are
     from deployer.render import render_files  # jinja2, only for the commands that render
 
     directory = request.directory
     with directory.lock(request.wait_s):
         keys, specs, env = _inputs(request)
+        lifecycle.ensure_image(client, request.plan)  # built here: no registry has it
         # Host ports and images are checked before the directory or any container changes.
         actions = preflight(
             client, request.plan, specs, env, progress, share_name=request.share_name
@@ -107,6 +111,8 @@ def up(
             progress, request.timeout_s, request.session, request.memory_probe, request.poll_s
         )
         result = apply_with(client, request.plan, specs, env, options, actions)
+        # The gateway once the tiers are done: it fronts them and needs no GPU.
+        result = lifecycle.with_gateway(client, request.plan, specs, env, result, progress)
         record_startup(directory, request.plan, result)
     return UpResult(result, keys)
 
@@ -132,13 +138,31 @@ def restart_deployment(
 ) -> ApplyResult:
     """Under the deployment's lock: restart the services in start order and wait until each
     answers /v1/models again."""
+    from deployer.gateway import lifecycle
+
     directory, plan = request.directory, request.plan
+    has_gateway = plan.gateway is not None
+    tiers = [n for n in request.services if not (has_gateway and n == GATEWAY_SERVICE)]
+    gateway_too = has_gateway and (not request.services or len(tiers) < len(request.services))
     with directory.lock(request.wait_s):
+        began = time.monotonic()
         env = runtime_env(directory.read_env())
-        specs = container_specs(plan, str(directory.path))
-        options = StartOptions(
-            progress, request.timeout_s, request.session, request.memory_probe, request.poll_s
-        )
-        result = restart_with(client, plan, specs, env, request.services, options)
-        record_startup(directory, plan, result)
+        result = ApplyResult(plan.deployment, (), (), 0.0)
+        if tiers or not request.services:
+            specs = container_specs(plan, str(directory.path))
+            options = StartOptions(
+                progress, request.timeout_s, request.session, request.memory_probe, request.poll_s
+            )
+            result = restart_with(client, plan, specs, env, tiers, options)
+            record_startup(directory, plan, result)
+        if gateway_too:
+            failed = tuple(o.service for o in result.failed)
+            outcome = lifecycle.restart_gateway(
+                client, plan, str(directory.path), env, progress, tiers_failed=failed
+            )
+            result = replace(
+                result,
+                outcomes=(*result.outcomes, outcome),
+                elapsed_s=time.monotonic() - began,
+            )
         return result

@@ -11,6 +11,7 @@ from typing import Any
 
 import docker
 
+from deployer.gateway.spec import GATEWAY_SERVICE
 from deployer.plan import DeploymentPlan, ServicePlan
 from deployer.runtime.observed import Observed, foreign, observe
 from deployer.runtime.states import ContainerState
@@ -108,6 +109,10 @@ def status_rows(
                 service.name, found, service, hashes.get(service.name), verify, now, in_plan=True
             )
         )
+    if plan is not None and plan.gateway is not None:  # a service too, with no GPU of its own
+        name = GATEWAY_SERVICE
+        found = by_service.pop(name, None)
+        rows.append(_status_row(name, found, None, hashes.get(name), verify, now, in_plan=True))
     for name, found in sorted(by_service.items()):
         rows.append(_status_row(name, found, None, None, verify, now, in_plan=plan is None))
     return rows

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import requests
 
+from deployer.gateway.spec import GATEWAY_SERVICE
 from deployer.plan import DeploymentPlan, ServicePlan
 from deployer.verify.checks import (
     CHAT_MAX_TOKENS,
@@ -142,8 +143,12 @@ def verify_plan(
     within its own deadline (so one service that never loads does not starve the others, and
     timings are not skewed by concurrent checks). keys is the deployment's .env mapping;
     container_states (service -> the engine's state), when known, sharpens the advice."""
-    chosen = [plan.service(n) for n in services] if services else list(plan.services)
+    gateway = plan.gateway
+    asked = [n for n in services or () if not (gateway and n == GATEWAY_SERVICE)]
+    chosen = [plan.service(n) for n in asked] if services else list(plan.services)
     chosen = list({s.name: s for s in chosen}.values())
+    # The gateway after its tiers (its checks go through them), when all or it is asked for.
+    with_gateway = gateway is not None and (not services or len(asked) < len(services))
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = retry.clock()
     results = [
@@ -158,6 +163,10 @@ def verify_plan(
         )
         for service in chosen
     ]
+    if with_gateway and gateway is not None:
+        from deployer.gateway.check import verify_gateway
+
+        results.append(verify_gateway(session, plan, gateway, keys, host, deadline_s))
     return VerificationReport(
         deployment=plan.deployment,
         started_at=started_at,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import select
 import struct
 import termios
 from collections.abc import Iterator
@@ -31,6 +32,17 @@ def _resize(fd: int, columns: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
 
 
+def _read_all(master: int) -> bytes:
+    """Everything written so far: one read may return only part of it on a busy machine."""
+    data = b""
+    while select.select([master], [], [], 0.2)[0]:
+        chunk = os.read(master, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _draw_rows(master: int, slave: int, columns: int) -> list[str]:
     """Rows the block writes on a terminal `columns` wide, escape codes removed."""
     _resize(slave, columns)
@@ -38,7 +50,7 @@ def _draw_rows(master: int, slave: int, columns: int) -> list[str]:
         printer = ProgressPrinter(["medium", "mini"], stream=stream)
         printer(Progress("medium", Stage.LOADING, 12.0, "HTTP 503 while the engine profiles"))
         printer(Progress("mini", Stage.WAITING, 3.0, "for medium"))
-    raw = os.read(master, 65536).decode()
+    raw = _read_all(master).decode()
     return [_ESCAPE.sub("", row) for row in raw.replace("\r", "").split("\n") if row]
 
 
