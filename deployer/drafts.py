@@ -11,6 +11,7 @@ from deployer.catalog import Checkpoint
 from deployer.errors import ProfileError
 from deployer.gpus import GIB, MIB, Gpu
 from deployer.memory_model import (
+    VLLM_0_33,
     Accounting,
     Need,
     cuda_total_bytes,
@@ -52,6 +53,7 @@ class Draft:
     headroom: int  # KV kept beyond min_tokens (0 where the profile fixed the fraction)
     utilization: float = 0.0
     notes: list[str] = field(default_factory=list)
+    accounting: Accounting = VLLM_0_33  # how `need` was counted: refusals recount with it
 
     @property
     def fixed(self) -> bool:
@@ -118,6 +120,7 @@ def make_draft(
         service_need,
         min_tokens,
         headroom,
+        accounting=accounting,
     )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 from deployer.catalog import Catalog
 from deployer.drafts import (
     MIN_AUTO_CONTEXT,
     Draft,
+    batch_settings,
+    ceil3,
     floor3,
     gib,
     min_ask,
@@ -20,6 +24,7 @@ from deployer.memory_model import (
     cuda_free_bytes,
     cuda_total_bytes,
     dtype_bytes,
+    need,
     process_allowance,
     requested_bytes,
 )
@@ -103,7 +108,44 @@ def fixes_for(
             if half.bytes_for(d.min_tokens, d.headroom) <= avail:
                 fixes.append(f"{d.spec.name}: kv_cache_dtype: fp8")
         fixes.append(_smaller_model(d, gpu, avail, catalog))
+        gpus = [inventory.by_index(i) for i in d.gpus]
+        fixes.append(fewer_seqs(d, gpus, _fits_in(gpu, d, avail)))
     return fixes
+
+
+def _fits_in(gpu: Gpu, d: Draft, avail: int) -> Callable[[Need], bool]:
+    """Whether the draft's min_ask would fit `avail` were its need this one."""
+
+    def fits(candidate: Need) -> bool:
+        fraction = ceil3(candidate.bytes_for(d.min_tokens, d.headroom) / cuda_total_bytes(gpu))
+        return requested_bytes(gpu, fraction) <= avail
+
+    return fits
+
+
+def fewer_seqs(d: Draft, gpus: list[Gpu], fits: Callable[[Need], bool]) -> str:
+    """A profile's large max_num_seqs sizes vLLM's sampler warm-up, penalty buffers, CUDA
+    graphs and (through max_num_batched_tokens) activations: the largest value that fits, where
+    lowering it is what makes the service fit; "" otherwise."""
+    if d.spec.max_num_seqs is None or d.seqs <= 1 or not fits(_need_at(d, 1, gpus)):
+        return ""
+    low, high = 1, d.seqs - 1  # fits(low); the largest that fits is in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(_need_at(d, mid, gpus)):
+            low = mid
+        else:
+            high = mid - 1
+    seqs = low // 16 * 16 if low >= 16 else low
+    return f"{d.spec.name}: lower max_num_seqs to {seqs} or less (it is {d.seqs})"
+
+
+def _need_at(d: Draft, seqs: int, gpus: list[Gpu]) -> Need:
+    spec = dataclasses.replace(d.spec, max_num_seqs=seqs)
+    seqs, batched = batch_settings(spec, gpus, d.spec.name)
+    capability = min(g.capability for g in gpus)
+    kv_dtype, eager = d.spec.kv_cache_dtype, d.spec.enforce_eager
+    return need(d.ckpt, d.tp, kv_dtype, seqs, batched, eager, capability, d.accounting)
 
 
 def _smaller_model(d: Draft, gpu: Gpu, avail: int, catalog: Catalog) -> str:
