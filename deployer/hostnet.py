@@ -25,15 +25,19 @@ def is_local_address(address: str) -> bool:
 
 
 def check_binds_here(plan: DeploymentPlan) -> None:
-    """ProfileError for the first service whose bind address this host does not have."""
-    for service in plan.services:
+    """ProfileError for the first service (or the gateway) whose bind address this host does
+    not have."""
+    binds = [(f"services.{s.name}.bind", s.bind) for s in plan.services]
+    if plan.gateway is not None:
+        binds.append(("gateway.bind", plan.gateway.bind))
+    for where, bind in binds:
         try:
-            local = is_local_address(service.bind)
+            local = is_local_address(bind)
         except (OSError, OverflowError, UnicodeError):
             local = False
         if not local:
             raise ProfileError(
-                f"{plan.profile_source}: services.{service.name}.bind: {service.bind} is not an "
+                f"{plan.profile_source}: {where}: {bind} is not an "
                 "address of this host, so Docker could not publish the port",
                 hint="use 127.0.0.1, 0.0.0.0 or an address `ip -4 addr` lists; nothing was written",
             )

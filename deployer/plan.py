@@ -12,7 +12,7 @@ from enum import Enum
 from typing import Any
 
 from deployer.errors import ProfileError
-from deployer.gateway.spec import GatewaySpec
+from deployer.gateway.spec import GATEWAY_SERVICE, GatewaySpec
 from deployer.gpus import GIB, Gpu, GpuProcess
 from deployer.profiles import GenerationDefaults
 
@@ -197,6 +197,23 @@ class DeploymentPlan:
             hint=f"services are {', '.join(s.name for s in self.services)}",
         )
 
+    def unit_names(self) -> tuple[str, ...]:
+        """The names of every container of the deployment: the services, then the gateway."""
+        names = tuple(s.name for s in self.services)
+        return (*names, GATEWAY_SERVICE) if self.gateway is not None else names
+
+    def unit_name(self, name: str) -> str:
+        """A service's name from its name or alias, or the gateway's (for logs, restart,
+        verify); ProfileError naming every choice."""
+        if self.gateway is not None and name == GATEWAY_SERVICE:
+            return GATEWAY_SERVICE
+        if any(name == s.name or name in s.aliases for s in self.services):
+            return self.service(name).name
+        raise ProfileError(
+            f"no service {name!r} in deployment {self.deployment!r}",
+            hint=f"services are {', '.join(self.unit_names())}",
+        )
+
     def gpu(self, index: int, node: str | None = None) -> Gpu | None:
         """The planned GPU with this index (on `node` in a several-box plan)."""
         gpus = self.gpus
@@ -265,6 +282,11 @@ class DeploymentPlan:
         return self.service(me.start_after[-1]) if me.start_after else None
 
     def base_url(self, name: str, host: str | None = None) -> str:
+        """A service's URL, or the gateway's."""
+        if self.gateway is not None and name == GATEWAY_SERVICE:
+            from deployer.gateway.guide import gateway_url
+
+            return gateway_url(self.gateway, host)
         return self.service(name).base_url(host)
 
     def to_dict(self) -> dict[str, Any]:

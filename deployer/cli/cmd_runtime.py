@@ -168,7 +168,7 @@ def up(
         click.echo("dry run: nothing was changed")
         return
     client = docker_client()
-    printer = ProgressPrinter([s.name for s in plan.services])
+    printer = ProgressPrinter(list(plan.unit_names()))
     with _sigterm_interrupts():
         # Notes only for a plan that passed the checks and is going to be applied: errors
         # stay one line.
@@ -431,7 +431,7 @@ def logs(
     names = list(services)
     if directory.exists():
         plan = directory.load_plan()
-        names = list(dict.fromkeys(plan.service(n).name for n in services))
+        names = list(dict.fromkeys(plan.unit_name(n) for n in services))
     since_value = parse_since(since) if since else None
     client = docker_client()
     try:
@@ -460,10 +460,10 @@ def restart(
 
     directory = app.deployment_dir
     plan = directory.load_plan()
-    chosen = [plan.service(n).name for n in services]
+    chosen = list(dict.fromkeys(plan.unit_name(n) for n in services))
     client = docker_client()
     request = runtime.RestartRequest(directory, plan, chosen, timeout_s=timeout_s, wait_s=wait_s)
-    printer = ProgressPrinter(chosen or [s.name for s in plan.services])
+    printer = ProgressPrinter(chosen or list(plan.unit_names()))
     with _sigterm_interrupts():
         result = _interruptible(
             printer, lambda: runtime.restart_deployment(client, request, printer)

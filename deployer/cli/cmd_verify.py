@@ -138,7 +138,7 @@ def verify(
     directory = app.deployment_dir
     plan = directory.load_plan()
     for name in services:  # unknown names fail before any request
-        plan.service(name)
+        plan.unit_name(name)
     report = run_verification(
         directory, plan, directory.read_env(), list(services) or None, deadline_s, host
     )

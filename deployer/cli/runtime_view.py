@@ -182,7 +182,7 @@ def result_table(result: ApplyResult, plan: DeploymentPlan) -> str:
                 _ACTION_WORDS.get(action.kind, action.kind),
                 paint(state, colour, "healthy" if outcome.ok else "failed"),
                 took,
-                plan.service(outcome.service).base_url() + "/v1",
+                plan.base_url(outcome.service) + "/v1",
             ]
         )
     rows += [[a.service, "removed", "-", "-", "-"] for a in result.actions if a.kind == "remove"]

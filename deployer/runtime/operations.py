@@ -19,6 +19,7 @@ from deployer.runtime.convergence import Action
 from deployer.runtime.preflight import MemoryProbe, plan_actions, preflight
 from deployer.runtime.progress import ProgressCallback
 from deployer.runtime.results import ApplyResult
+from deployer.runtime.states import ActionKind
 from deployer.runtime.start import StartOptions, apply_with, restart_with
 from deployer.runtime.startup_record import record_startup
 from deployer.spec import ContainerSpec, container_specs, deployment_specs
@@ -160,8 +161,10 @@ def restart_deployment(
             outcome = lifecycle.restart_gateway(
                 client, plan, str(directory.path), env, progress, tiers_failed=failed
             )
+            asked = Action(GATEWAY_SERVICE, ActionKind.RESTART, "asked for")
             result = replace(
                 result,
+                actions=(*result.actions, asked),
                 outcomes=(*result.outcomes, outcome),
                 elapsed_s=time.monotonic() - began,
             )

@@ -47,10 +47,14 @@ def write_inventory(path: Path, first: int) -> Path:
 
 
 def tri_tier_profile(
-    ports: dict[str, int], first_gpu: int = 0, **services: dict[str, Any]
+    ports: dict[str, int],
+    first_gpu: int = 0,
+    gateway: dict[str, Any] | None = None,
+    **services: dict[str, Any],
 ) -> dict[str, Any]:
     """The tri-tier layout (medium TP 2 on the first two GPUs; mini then micro on the third)
-    with the test's ports and keys; `services` overrides keys per service."""
+    with the test's ports and keys; `services` overrides keys per service; `gateway`, when
+    given, is the profile's gateway section."""
     g = first_gpu
     base: dict[str, dict[str, Any]] = {
         "medium": {"model": "Qwen/Qwen3-32B-AWQ", "gpus": [g, g + 1], "context": 32768},
@@ -66,7 +70,7 @@ def tri_tier_profile(
             "aliases": [name.upper()],
             **services.get(name, {}),
         }
-    return {
+    profile: dict[str, Any] = {
         "name": "tri-tier-test",
         "defaults": {
             "environment": {"STANDIN_LOAD_SECONDS": LOAD_SECONDS},
@@ -74,6 +78,9 @@ def tri_tier_profile(
         },
         "services": out,
     }
+    if gateway is not None:
+        profile["gateway"] = gateway
+    return profile
 
 
 @dataclass
@@ -99,8 +106,10 @@ class Deployment:
         g = self.first_gpu
         return {"medium": [str(g), str(g + 1)], "mini": [str(g + 2)], "micro": [str(g + 2)]}
 
-    def write_profile(self, **services: dict[str, Any]) -> None:
-        data = tri_tier_profile(self.ports, self.first_gpu, **services)
+    def write_profile(
+        self, gateway: dict[str, Any] | None = None, **services: dict[str, Any]
+    ) -> None:
+        data = tri_tier_profile(self.ports, self.first_gpu, gateway, **services)
         self.profile.write_text(yaml.safe_dump(data, sort_keys=False))
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Result:
