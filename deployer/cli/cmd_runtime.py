@@ -37,7 +37,7 @@ from deployer.cli.runtime_view import (
     status_table,
     summary,
 )
-from deployer.cli.targets import runtime_for, up_target_options
+from deployer.cli.targets import runtime_for, status_client, up_target_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from deployer.deployment import DeploymentDir
     from deployer.plan import DeploymentPlan
     from deployer.runtime import ApplyResult
+    from deployer.spec import ContainerSpec
 
 T = TypeVar("T")
 
@@ -291,16 +292,18 @@ def down(app: AppContext, wait_s: float) -> None:
 
 def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> None:
     runtime = runtime_for(app)
-    from deployer.spec import deployment_specs
-
     directory = app.deployment_dir
     plan = directory.load_plan() if directory.exists() else None
-    specs = deployment_specs(plan, str(directory.path)) if plan else ()
+    specs: tuple[ContainerSpec, ...] = ()
+    if plan:
+        from deployer.spec import deployment_specs
+
+        specs = deployment_specs(plan, str(directory.path))
     state = directory.load_state()
     verify = state.get("verify", {})
     now = datetime.now(timezone.utc)
     rows = runtime.service_statuses(
-        docker_client(),
+        status_client(runtime),  # after the plan: its errors come first
         app.deployment,
         plan,
         specs=specs,
@@ -312,7 +315,9 @@ def _status_once(app: AppContext, as_json: bool, json_lines: bool = False) -> No
     summary = runtime.status_summary(app.deployment, rows)
     # Planned against actual (issue 11), for services whose container is there.
     present = {r.service for r in rows if r.container and r.in_plan}
-    startup = [c for c in runtime.startup_comparisons(plan, state) if c.service in present]
+    # Without a plan there is nothing to compare (nor startup_check to import).
+    comparisons = runtime.startup_comparisons(plan, state) if plan else ()
+    startup = [c for c in comparisons if c.service in present]
     if as_json:
         print_json(
             "status",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from deployer.gpus import GpuInventory
     from deployer.planner import DeploymentPlan
     from deployer.profiles import Profile
+    from deployer.runtime.observed import EngineClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 JSON_SCHEMA_VERSION = 1
@@ -238,8 +239,8 @@ def make_plan(
 
 
 def docker_client() -> docker.DockerClient:
-    """The one place a Docker client is built; errors become DockerUnavailable."""
-    from deployer.errors import DockerUnavailable
+    """The one place a Docker SDK client is built; errors become DockerUnavailable."""
+    from deployer.runtime.engine_api import unreachable
 
     try:
         import docker as docker_sdk
@@ -247,17 +248,18 @@ def docker_client() -> docker.DockerClient:
         client = docker_sdk.from_env(timeout=120)
         client.ping()
     except Exception as exc:  # docker raises several unrelated types here
-        text = str(exc)
-        if "Permission denied" in text:
-            raise DockerUnavailable(
-                "permission denied on the Docker socket",
-                hint="add your user to the docker group or run as root",
-            ) from None
-        raise DockerUnavailable(
-            "cannot reach the Docker engine (is dockerd running?)",
-            hint="start it, or check DOCKER_HOST",
-        ) from None
+        raise unreachable(exc) from None
     return client
+
+
+def engine_client() -> EngineClient:
+    """A client for reading containers (`status`): the Engine API client on the standard
+    library where DOCKER_HOST lets it (the SDK would be most of the command's start-up), else
+    the SDK's. Either one's engine has answered a ping; DockerUnavailable otherwise."""
+    from deployer.runtime.engine_api import connect, engine_address
+
+    address = engine_address(os.environ)
+    return docker_client() if address is None else connect(address)
 
 
 def warn_unauthenticated(plan: DeploymentPlan) -> None:

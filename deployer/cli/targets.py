@@ -153,6 +153,16 @@ def runtime_for(
     return runtime
 
 
+def status_client(runtime: Any) -> Any:
+    """The client `status` reads through: the compose runtime's containers through the small
+    Engine API client where it can (the Docker SDK would be most of the command's start-up),
+    Swarm's services through the SDK."""
+    from deployer import runtime as compose
+    from deployer.cli.common import docker_client, engine_client
+
+    return engine_client() if runtime is compose else docker_client()
+
+
 def _running_on(client: Any, deployment: str, target: Target) -> bool:
     if target == Target.SWARM:
         from deployer.targets.swarm import existing_services

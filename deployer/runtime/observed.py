@@ -4,17 +4,18 @@
 A container is the deployment's only when it carries qwen-deploy's own labels besides compose's
 project label: `docker compose` run on the rendered file stamps them too, but another compose
 project that happens to have the deployment's name does not. Those are "foreign": listed by
-`status`, never stopped, removed or recreated."""
+`status`, never stopped, removed or recreated.
+
+Read through the Docker SDK's client, or through the small Engine API client (`status`, which
+then imports no SDK: see engine_api.py); both give the engine's inspect documents."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import docker.errors
-
-from deployer.runtime.engine_errors import docker_errors
+from deployer.runtime.engine_api import EngineApi, engine_api_errors
 from deployer.runtime.states import ContainerState
 from deployer.spec import (
     LABEL_CONFIG_HASH,
@@ -26,7 +27,15 @@ from deployer.spec import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+
+    import docker
+
     from deployer.spec import ContainerSpec
+
+    # What the containers can be read through: the SDK's client, or the Engine API's.
+    EngineClient: TypeAlias = docker.DockerClient | EngineApi
 
 
 @dataclass(frozen=True)
@@ -95,24 +104,42 @@ def containers(client: docker.DockerClient, deployment: str) -> list[Any]:
     return list(client.containers.list(all=True, filters=project_filter(deployment)))
 
 
-def observe(client: docker.DockerClient, deployment: str) -> list[Observed]:
+def _errors(client: EngineClient, what: str) -> AbstractContextManager[None]:
+    """The client's own errors, as DeployErrors."""
+    if isinstance(client, EngineApi):
+        return engine_api_errors(what)
+    from deployer.runtime.engine_errors import docker_errors  # imports the SDK
+
+    return docker_errors(what)
+
+
+def _inspected(client: EngineClient, filters: dict[str, list[str]]) -> Iterator[Mapping[str, Any]]:
+    """The inspect document of every container the filters match, stopped ones included."""
+    if isinstance(client, EngineApi):
+        yield from client.container_attrs(filters)
+    else:
+        yield from (c.attrs for c in client.containers.list(all=True, filters=filters))
+
+
+def observe(client: EngineClient, deployment: str) -> list[Observed]:
     """The deployment's containers, found by the compose project label."""
-    with docker_errors(f"listing the containers of {deployment!r}"):
-        return [Observed.from_attrs(c.attrs) for c in containers(client, deployment)]
+    with _errors(client, f"listing the containers of {deployment!r}"):
+        return [Observed.from_attrs(a) for a in _inspected(client, project_filter(deployment))]
 
 
-def foreign(client: docker.DockerClient, deployment: str) -> list[Observed]:
+def foreign(client: EngineClient, deployment: str) -> list[Observed]:
     """Containers of a compose project with the deployment's name that qwen-deploy did not
     create (no io.qwen-deploy.* label): someone else's, to be left alone."""
-    with docker_errors(f"listing the containers of {deployment!r}"):
-        found = client.containers.list(
-            all=True, filters={"label": [f"{LABEL_PROJECT}={deployment}"]}
-        )
-        return [Observed.from_attrs(c.attrs) for c in found if not is_owned(c.labels)]
+    with _errors(client, f"listing the containers of {deployment!r}"):
+        found = _inspected(client, {"label": [f"{LABEL_PROJECT}={deployment}"]})
+        observed = [Observed.from_attrs(a) for a in found]
+        return [o for o in observed if not is_owned(o.labels)]
 
 
 def local_image_ids(client: docker.DockerClient, specs: Sequence[ContainerSpec]) -> dict[str, str]:
     """Image name -> id of the local image the name points at now (absent when not pulled)."""
+    import docker.errors
+
     ids = {}
     for image in sorted({s.image for s in specs}):
         try:

@@ -7,15 +7,17 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
-
-import docker
+from typing import TYPE_CHECKING, Any
 
 from deployer.gateway.spec import GATEWAY_SERVICE
-from deployer.plan import DeploymentPlan, ServicePlan
 from deployer.runtime.observed import Observed, foreign, observe
 from deployer.runtime.states import ContainerState
-from deployer.spec import LABEL_GPUS, LABEL_MODEL, LABEL_PORT, ContainerSpec
+from deployer.spec import LABEL_GPUS, LABEL_MODEL, LABEL_PORT
+
+if TYPE_CHECKING:
+    from deployer.plan import DeploymentPlan, ServicePlan
+    from deployer.runtime.observed import EngineClient
+    from deployer.spec import ContainerSpec
 
 MISSING = "missing"  # a planned service without a container
 
@@ -61,7 +63,7 @@ def parse_docker_time(text: str | None) -> datetime | None:
 
 
 def service_statuses(
-    client: docker.DockerClient,
+    client: EngineClient,
     deployment: str,
     plan: DeploymentPlan | None = None,
     *,

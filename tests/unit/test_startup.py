@@ -156,3 +156,46 @@ def test_a_narrow_terminal_and_every_other_command_go_to_click() -> None:
 def test_the_console_script_is_the_entry_function() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'qwen-deploy = "deployer.cli.entry:main"' in pyproject
+
+
+def test_status_builds_no_docker_sdk_client(tmp_path: Path) -> None:
+    """`status` reads containers through deployer.runtime.engine_api (the SDK, requests and
+    urllib3 were most of its start-up). Here no engine listens: the same error, no SDK."""
+    script = (
+        "import json, sys\nfrom deployer.cli.main import cli\n"
+        f"try:\n    cli(['--home', {str(tmp_path)!r}, 'status'], prog_name='qwen-deploy')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "print(json.dumps([code, sorted(sys.modules)]))"
+    )
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    code, modules = json.loads(done.stdout.splitlines()[-1])
+    assert code == 6 and "cannot reach the Docker engine" in done.stderr
+    assert "deployer.runtime.engine_api" in modules
+    assert not {m for m in modules if m.split(".")[0] in (*HEAVY, "urllib3")}
+    assert not {"http.client", "ssl"} & set(modules)  # what a stdlib HTTP client would cost
+
+
+def test_the_runtime_package_loads_each_name_from_its_module() -> None:
+    """deployer.runtime's names load lazily (PEP 562): importing the package or one submodule
+    imports no other, and each name is its module's, even where a module shares its name."""
+    modules = imported_after("import deployer.runtime, deployer.runtime.engine_api")
+    assert {m for m in modules if m.startswith("deployer.runtime.")} == {
+        "deployer.runtime.engine_api"
+    }
+    assert "docker" not in modules
+    script = (
+        "import importlib, deployer.runtime.down, deployer.runtime.logs\n"
+        "from deployer import runtime\n"
+        "for name, module in runtime._EXPORTS.items():\n"
+        "    home = importlib.import_module(f'deployer.runtime.{module}')\n"
+        "    assert getattr(runtime, name) is getattr(home, name), name\n"
+        "assert set(runtime.__all__) == set(runtime._EXPORTS) <= set(dir(runtime))\n"
+        "print(callable(runtime.down) and callable(runtime.logs))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "True"
