@@ -109,7 +109,9 @@ def test_render_writes_compose_env_and_plan(tmp_path: Path) -> None:
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert "QWEN_DEPLOY_API_KEY_MEDIUM=test-key-medium" in env_file.read_text()
     compose = yaml.safe_load((directory / "compose.yaml").read_text())
-    assert set(compose["services"]) == {"medium", "mini", "micro"}
+    # The shipped tri-tier fronts its tiers with the gateway (issue 10).
+    assert set(compose["services"]) == {"medium", "mini", "micro", "gateway"}
+    assert "QWEN_DEPLOY_GATEWAY_KEY_DEFAULT=" in env_file.read_text()
     assert "test-key" not in (directory / "compose.yaml").read_text()
     assert json.loads((directory / "plan.json").read_text())["profile"] == "tri-tier"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -36,7 +37,10 @@ def _plan(box: str, profile: str, catalog: Catalog, **options: Any) -> Deploymen
 
 
 def _keys(result: DeploymentPlan) -> dict[str, str]:
-    return {s.api_key_env: f"secret-{s.name}-0123456789abcdef" for s in result.services}
+    keys = {s.api_key_env: f"secret-{s.name}-0123456789abcdef" for s in result.services}
+    for key in result.gateway.keys if result.gateway else ():  # the gateway's client keys
+        keys[key.env_var] = f"gateway-{key.name}-0123456789abcdef"
+    return keys
 
 
 def _render(result: DeploymentPlan, keys: dict[str, str] | None = None) -> dict[str, str]:
@@ -109,7 +113,12 @@ def _assert_service_matches_plan(service: dict[str, Any], planned: ServicePlan) 
 
 @pytest.fixture(scope="module")
 def tri_tier(catalog: Catalog) -> DeploymentPlan:
-    return _plan("3x-rtx4090", "tri-tier", catalog)
+    """The shipped tri-tier's tiers; its gateway's service is tested on its own below."""
+    return _tiers_only(_plan("3x-rtx4090", "tri-tier", catalog))
+
+
+def _tiers_only(result: DeploymentPlan) -> DeploymentPlan:
+    return dataclasses.replace(result, gateway=None)
 
 
 def test_tri_tier_services_carry_the_plans_numbers(tri_tier: DeploymentPlan) -> None:
@@ -130,6 +139,43 @@ def test_tri_tier_services_carry_the_plans_numbers(tri_tier: DeploymentPlan) -> 
     assert compose["services"]["medium"]["deploy"]["resources"]["reservations"]["devices"][0][
         "device_ids"
     ] == ["0", "1"]
+
+
+
+def test_the_shipped_tri_tier_renders_its_gateway_after_the_tiers(catalog: Catalog) -> None:
+    result = _plan("3x-rtx4090", "tri-tier", catalog, engine="stand-in")
+    assert result.gateway is not None and result.gateway.port == 19100
+    files = _render(result)
+    compose = yaml.safe_load(files["compose.yaml"])
+    assert list(compose["services"]) == ["medium", "mini", "micro", "gateway"]
+    gateway = compose["services"]["gateway"]
+    assert gateway["image"].startswith("qwen-deploy/gateway:standin-")
+    assert gateway["ports"] == ["127.0.0.1:19100:19100"]
+    assert "deploy" not in gateway and "volumes" not in gateway  # no GPU, no model cache
+    assert gateway["depends_on"] == {
+        name: {"condition": "service_healthy"} for name in ("medium", "mini", "micro")
+    }
+    # Every key only as an interpolation compose must fill in; none in the file itself.
+    keys = _keys(result)
+    for var in ("QWEN_DEPLOY_API_KEY_MINI", "QWEN_DEPLOY_GATEWAY_KEY_DEFAULT"):
+        assert gateway["environment"][var].startswith(f"${{{var}:?")
+    assert not [k for k in keys.values() if k in files["compose.yaml"]]
+    env = parse_env(files[".env"], ".env")
+    assert env["QWEN_DEPLOY_GATEWAY_KEY_DEFAULT"] == keys["QWEN_DEPLOY_GATEWAY_KEY_DEFAULT"]
+    assert env["QWEN_DEPLOY_GATEWAY_KEY_ADMIN"] == keys["QWEN_DEPLOY_GATEWAY_KEY_ADMIN"]
+    # Its config travels as JSON in its environment: tiers by service name, no secrets.
+    config = json.loads(gateway["environment"]["QWEN_DEPLOY_GATEWAY"].replace("$$", "$"))
+    assert [t["base_url"] for t in config["tiers"]] == [
+        "http://medium:8000",
+        "http://mini:8000",
+        "http://micro:8000",
+    ]
+    plan_doc = json.loads(files["plan.json"])
+    assert plan_doc["gateway"]["port"] == 19100
+    assert plan_from_dict(plan_doc) == result
+    missing = {k: v for k, v in keys.items() if "GATEWAY" not in k}
+    with pytest.raises(ValueError, match="no secret for gateway key 'default'"):
+        render_files(result, "/srv/x", missing)
 
 
 def test_tri_tier_micro_waits_for_a_healthy_mini(tri_tier: DeploymentPlan) -> None:
@@ -282,6 +328,7 @@ def test_yarn_context_renders_hf_overrides_as_json(catalog: Catalog) -> None:
 
 def test_stand_in_engine_uses_its_image_and_declares_the_ledger(catalog: Catalog) -> None:
     result = _plan("3x-rtx4090", "tri-tier", catalog, engine="stand-in", deployment="demo")
+    result = _tiers_only(result)
     compose = _compose(result)
     assert _project(result) == "demo"
     assert compose["volumes"][STANDIN_LEDGER_VOLUME] == {"name": STANDIN_LEDGER_VOLUME}
