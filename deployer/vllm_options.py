@@ -4,7 +4,6 @@ are refused when the profile is read, not when the container exits at start-up."
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from dataclasses import dataclass
@@ -129,6 +128,8 @@ def check_extra_args(args: list[str], where: str) -> str | None:
         name = _normalise(flag)
         option = options.get(name)
         if option is None:
+            import difflib  # only for a misspelt option
+
             close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.75)
             hint = f" (did you mean {close[0]}?)" if close else ""
             return f"{item}: {flag} is not an option of `vllm serve` 0.33{hint}"

@@ -4,7 +4,6 @@ an error naming the file and the key."""
 
 from __future__ import annotations
 
-import secrets as _secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -279,6 +278,8 @@ def resolve_gateway_keys(
 ) -> dict[str, str]:
     """One secret per gateway key, for the deployment's .env: from the profile, the named
     environment variable, the .env already there, or a new random one."""
+    import secrets as _secrets  # here: `plan` imports this module and never needs it
+
     out: dict[str, str] = {}
     for key in spec.keys:
         if key.api_key:
