@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from deployer.deployment import ENV_FILE, DeploymentDir, parse_env, plan_from_dict, write_atomic
+from deployer.deployment import ENV_FILE, PLAN_FILE, DeploymentDir
 from deployer.errors import StateError
 from deployer.gateway.config import (
     GATEWAY_KEY_VAR_PREFIX,
@@ -19,7 +19,8 @@ from deployer.gateway.config import (
     plan_gateway,
     resolve_gateway_keys,
 )
-from deployer.plan import DeploymentPlan
+from deployer.safeload import load_json
+from deployer.statefs import os_errors, read_private, replace_together
 
 
 def ensure_gateway_keys(directory: DeploymentDir, spec: GatewaySpec) -> list[str]:
@@ -30,11 +31,14 @@ def ensure_gateway_keys(directory: DeploymentDir, spec: GatewaySpec) -> list[str
     added = {var: value for var, value in keys.items() if var not in env}
     if added:
         path = directory.file(ENV_FILE)
-        text = path.read_text() if path.is_file() else ""
-        if text and not text.endswith("\n"):
-            text += "\n"
-        text += "".join(f"{var}={value}\n" for var, value in added.items())
-        write_atomic(path, text, 0o600)
+        # read_env checked the directory and the file; read_private opens it again without
+        # following a link, and replace_together refuses a file someone swapped in meanwhile.
+        with os_errors("add the gateway's keys to the .env file", path):
+            text = read_private(path, "the .env file") or ""
+            if text and not text.endswith("\n"):
+                text += "\n"
+            text += "".join(f"{var}={value}\n" for var, value in added.items())
+            replace_together(directory.path, {ENV_FILE: text})
     return list(added)
 
 
@@ -48,24 +52,32 @@ def config_for_directory(
     return build_config(plan, spec, directory.read_env(), upstream)
 
 
+ENV_FILE_VAR = "QWEN_DEPLOY_ENV_FILE"  # the keys' file beside --plan
+
+
 def config_for_files(
     plan_path: Path, environ: Mapping[str, str], upstream: str = "network"
 ) -> GatewayConfig:
-    """In the gateway's container: plan.json mounted read-only, the keys in the environment."""
-    import json
-
-    try:
-        data = json.loads(plan_path.read_text())
-        plan: DeploymentPlan = plan_from_dict(data)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StateError(f"{plan_path}: cannot read the plan ({exc})") from None
-    env_file = environ.get("QWEN_DEPLOY_ENV_FILE")
+    """`--plan DIR/plan.json` (and $QWEN_DEPLOY_ENV_FILE, DIR/.env or another deployment
+    directory's): read through DeploymentDir like every command reads them, so a file that is
+    a link, another user's, writable by others, oversized, not UTF-8 or not a valid plan gets
+    the same one-line state error here. Keys in the environment count too."""
+    plan = _deployment_of(plan_path, PLAN_FILE, "--plan").load_plan()
     secrets = dict(environ)
-    if env_file and Path(env_file).is_file():
-        secrets.update(parse_env(Path(env_file).read_text(), env_file))
-    raw = data.get("gateway") if isinstance(data, dict) else None
-    spec = plan_gateway(plan) or (GatewaySpec.from_dict(raw) if raw else GatewaySpec())
-    return build_config(plan, spec, secrets, upstream)
+    env_file = environ.get(ENV_FILE_VAR)
+    if env_file:
+        env_dir = _deployment_of(Path(env_file), ENV_FILE, f"${ENV_FILE_VAR}")
+        secrets.update(env_dir.read_env(missing_ok=True))
+    return build_config(plan, plan_gateway(plan) or GatewaySpec(), secrets, upstream)
+
+
+def _deployment_of(path: Path, name: str, origin: str) -> DeploymentDir:
+    if path.name != name:
+        raise StateError(
+            f"{origin} {path}: expected a deployment directory's {name}",
+            hint=f"name DIR/{name} of the deployment (`qwen-deploy render` writes it)",
+        )
+    return DeploymentDir(path.absolute().parent)
 
 
 CONFIG_ENV = "QWEN_DEPLOY_GATEWAY"  # the public config as JSON, in the gateway's container
@@ -73,12 +85,9 @@ CONFIG_ENV = "QWEN_DEPLOY_GATEWAY"  # the public config as JSON, in the gateway'
 
 def config_from_environment(environ: Mapping[str, str], var: str = CONFIG_ENV) -> GatewayConfig:
     """In the gateway's container: the public config in `var`, the secrets beside it."""
-    import json
-
-    try:
-        doc = json.loads(environ[var])
-    except (KeyError, ValueError) as exc:
-        raise StateError(f"${var} does not hold the gateway's config ({exc})") from None
+    if var not in environ:
+        raise StateError(f"${var} does not hold the gateway's config (it is not set)")
+    doc = load_json(environ[var], f"${var}", StateError)
     return config_from_public(doc, environ)
 
 
