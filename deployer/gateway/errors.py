@@ -72,6 +72,19 @@ def error_body(
     }
 
 
+def with_request_id(data: bytes, request_id: str) -> bytes:
+    """A tier's error answer (vLLM's {"error": {...}}) with the gateway's request id added, as
+    the gateway's own errors carry it; any other body is passed on as it came."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), dict):
+        return data
+    doc["error"].setdefault("request_id", request_id)
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
 def stream_error_event(status: int, message: str, request_id: str) -> bytes:
     """What vLLM sends when a stream fails after it started: an error event, then [DONE]."""
     body = json.dumps(error_body(status, message, request_id))

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from deployer.gateway import routing, wire
 from deployer.gateway.admission import GroupGate, KeyLimiter
 from deployer.gateway.config import GatewayConfig, GatewayKey
-from deployer.gateway.errors import ApiError, utf8_error
+from deployer.gateway.errors import ApiError, utf8_error, with_request_id
 from deployer.gateway.metrics import GatewayMetrics
 from deployer.gateway.streaming import (
     ClientGone,
@@ -299,6 +299,8 @@ class Gateway:
                 self._count_usage(name, call.key.name, _usage_of(data))
             self.metrics.requests.labels(name, call.key.name, str(upstream.status_code)).inc()
             lease.release()
+            if upstream.status_code != 200:
+                data = with_request_id(data, call.rid)
             return Response(data, upstream.status_code, headers, "application/json")
         chunks = upstream.chunks()
         try:
