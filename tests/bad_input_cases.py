@@ -71,6 +71,7 @@ class Workspace:
             "tmp": str(self.tmp),
             "fixtures": str(FIXTURES),
             "other": self.other,
+            "dir": str(self.dir),
             **self.values,
         }
 
@@ -99,7 +100,9 @@ class Case:
     setup: Setup | None = None
     env: tuple[tuple[str, str | None], ...] = ()  # None removes the variable
     engine: bool = False  # needs the Docker engine (runs only in the integration test)
-    runner: str = "cli"  # "cli": CliRunner; "no-dac": the entry point without CAP_DAC_OVERRIDE
+    # "cli": CliRunner; "no-dac": the entry point without CAP_DAC_OVERRIDE; "gateway": the
+    # gateway's own entry point as its container runs it (`python -m deployer.gateway ARGS`).
+    runner: str = "cli"
     progress: bool = False  # progress lines ("  service  stage") may come before the error
 
 
@@ -371,6 +374,55 @@ def file_where_the_directory_goes(ws: Workspace) -> Cleanup:
     return lambda: (home / "x").unlink()
 
 
+def deployment_file_mode(name: str, mode: int) -> Setup:
+    """chmod a file of the deployment directory (put back afterwards)."""
+
+    def setup(ws: Workspace) -> Cleanup:
+        path = ws.dir / name
+        before = path.stat().st_mode & 0o7777
+        path.chmod(mode)
+        return lambda: path.chmod(before)
+
+    return setup
+
+
+def deployment_file_is_a_symlink(name: str) -> Setup:
+    """A file of the deployment directory replaced by a link to a copy of it outside."""
+
+    def setup(ws: Workspace) -> Cleanup:
+        path = ws.dir / name
+        saved = path.read_bytes()
+        copy = ws.tmp / f"linked-{name.lstrip('.')}"
+        copy.write_bytes(saved)
+        path.unlink()
+        path.symlink_to(copy)
+
+        def cleanup() -> None:
+            path.unlink()
+            path.write_bytes(saved)
+            path.chmod(0o600)
+
+        return cleanup
+
+    return setup
+
+
+def bytes_in_tmp(name: str, data: bytes) -> Setup:
+    def setup(ws: Workspace) -> None:
+        (ws.tmp / name).write_bytes(data)
+
+    return setup
+
+
+def fifo_in_tmp(name: str) -> Setup:
+    def setup(ws: Workspace) -> Cleanup:
+        path = ws.tmp / name
+        os.mkfifo(path)
+        return lambda: path.unlink()
+
+    return setup
+
+
 def plan_port_as_text(plan: dict[str, Any]) -> dict[str, Any]:
     services = [dict(s) for s in plan["services"]]
     services[0]["port"] = "not a port"
@@ -380,6 +432,14 @@ def plan_port_as_text(plan: dict[str, Any]) -> dict[str, Any]:
 # Start a command with the deployment's own profile and inventory, on the stand-in engine.
 UP = ("up", "-p", "{profile}", "--gpus-file", "{gpus}", "--engine", "stand-in", "--no-verify")
 RENDER = ("render", "-p", "{profile}", "--gpus-file", "{gpus}", "--engine", "stand-in")
+# The gateway in the foreground, on an address no host has: should a check ever let a bad file
+# through, uvicorn fails to listen (exit 1) instead of serving until the test times out.
+GATEWAY_SERVE = ("gateway", "serve", "--bind", "192.0.2.1", "--port", "9")
+GATEWAY_MODULE = ("--plan", "{dir}/plan.json", "--upstream", "host", "--host", "192.0.2.1",
+                  "--port", "9")  # fmt: skip
+GATEWAY_ENV = (("QWEN_DEPLOY_ENV_FILE", "{dir}/.env"),)
+BENCH_DATASET = ("bench", "mini", "-c", "1", "--max-tokens", "4", "--requests-per-point", "1",
+                 "--dataset")  # fmt: skip
 GOOD = profile()
 
 CASES: tuple[Case, ...] = (
@@ -752,7 +812,213 @@ CASES: tuple[Case, ...] = (
     Case("deployment-locked", "another `up`/`down`/`render` is running on the deployment",
          RENDER, ExitCode.LOCKED, "is locked by pid 4242",
          "wait for it, or pass --wait SECONDS", setup=hold_lock),
+    # --- hardening: the gateway reads the deployment's files as every command does -------------
+    Case("gateway-env-writable-by-others", "`gateway serve` with .env writable by every user",
+         GATEWAY_SERVE, ExitCode.STATE, ".env may be changed by other users (mode 0666)",
+         "check its keys, then `chmod 600` it", setup=deployment_file_mode(".env", 0o666)),
+    Case("gateway-plan-too-large", "`gateway serve` with a plan.json of 5 MiB", GATEWAY_SERVE,
+         ExitCode.STATE, "plan.json is larger than 4 MiB",
+         "`qwen-deploy render` writes it again",
+         setup=hand_edit("plan.json", lambda text: text + " " * (5 << 20))),
+    Case("gateway-plan-is-a-symlink", "the gateway's `--plan` is a symbolic link "
+         "(`python -m deployer.gateway`, as its container runs)", GATEWAY_MODULE, ExitCode.STATE,
+         "Too many levels of symbolic links", "replace the link by the file itself",
+         setup=deployment_file_is_a_symlink("plan.json"), env=GATEWAY_ENV, runner="gateway"),
+    Case("gateway-env-not-utf8", "the gateway's .env holds bytes that are not UTF-8",
+         GATEWAY_MODULE, ExitCode.STATE, ".env is not UTF-8 text (byte 0xe9)",
+         "fix it, or delete it and render again (new keys)", env=GATEWAY_ENV, runner="gateway",
+         setup=deployment_file(".env", b"QWEN_DEPLOY_API_KEY_MINI=caf\xe9caf\xe9\n")),
+    # --- hardening: bench's ShareGPT file (safeload's limits) ----------------------------------
+    Case("bench-dataset-not-utf8", "`bench --dataset` with a file that is not UTF-8",
+         (*BENCH_DATASET, "{tmp}/latin1-sharegpt.json"), ExitCode.STATE,
+         "not UTF-8 text (byte 0xe9 on line 1)", "save it as UTF-8",
+         setup=bytes_in_tmp("latin1-sharegpt.json", b'[{"conversations": [{"from": "human", '
+                             b'"value": "caf\xe9"}, {"from": "gpt", "value": "oui"}]}]')),
+    Case("bench-dataset-too-deep", "`bench --dataset` with JSON nested hundreds of levels deep",
+         (*BENCH_DATASET, "{tmp}/deep-sharegpt.json"), ExitCode.STATE,
+         "is not JSON (nested more than 64 levels deep)", "give it a ShareGPT file",
+         setup=bytes_in_tmp("deep-sharegpt.json", b"[" * 300 + b"]" * 300)),
+    Case("bench-dataset-nan", "`bench --dataset` with NaN in the JSON",
+         (*BENCH_DATASET, "{tmp}/nan-sharegpt.json"), ExitCode.STATE,
+         "is not JSON (NaN is not a number JSON allows)", "give it a ShareGPT file",
+         setup=bytes_in_tmp("nan-sharegpt.json", b'[{"conversations": NaN}]')),
+    Case("bench-dataset-fifo", "`bench --dataset` names a named pipe (or a device)",
+         (*BENCH_DATASET, "{tmp}/sharegpt.fifo"), ExitCode.STATE, "is not a regular file",
+         "name a JSON file", setup=fifo_in_tmp("sharegpt.fifo")),
+    # --- D32(e): the planner says which setting to lower ---------------------------------------
+    Case("max-num-seqs-huge", "`max_num_seqs: 65536` (vLLM sizes buffers and graphs for it)", UP,
+         ExitCode.PLAN, "mini: lower max_num_seqs to 2048 or less (it is 65536)",
+         "lower max_num_seqs to the value the fix names",
+         setup=profile(mini={"max_num_seqs": 65536})),
 )  # fmt: skip
+
+
+# --- requests to the gateway ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayCase:
+    """A bad HTTP request to the gateway (`gateway serve`, or its container) and its answer:
+    the status and, in the error's message, the fragment: OpenAI's error shape with the request
+    id on /v1, seed 004's {"response", "success": false, "error"} on /api/v1 (an SSE error event
+    on its stream). tests/integration/test_gateway_bad_input.py sends each one to the gateway in
+    front of stand-in tiers and checks that the tiers saw none of them."""
+
+    id: str
+    situation: str  # what the client did, for the README
+    method: str
+    path: str
+    body: bytes
+    status: int
+    fragment: str  # the error message contains this
+    fix: str
+    # {key} is the gateway's key. Content-Length is sent as len(body) + padding.
+    headers: tuple[tuple[str, str], ...] = (
+        ("Authorization", "Bearer {key}"),
+        ("Content-Type", "application/json"),
+    )
+    padding: int = 0  # spaces after the body (JSON allows them): a large body without its bytes
+    # Send the headers alone and wait for the answer (`Expect: 100-continue`, as curl does for
+    # a large body): the gateway must refuse a declared length without reading the body.
+    expect_continue: bool = False
+
+
+def chat_body(**fields: Any) -> bytes:
+    body = {"model": "mini", "messages": [{"role": "user", "content": "bonjour"}], "max_tokens": 8}
+    return json.dumps({**body, **fields}).encode()
+
+
+def _latin1_chat(path: str) -> bytes:
+    if path.startswith("/api/"):
+        return '{"message": "café au lait"}'.encode("latin-1")
+    return '{"model": "mini", "messages": [{"role": "user", "content": "café"}]}'.encode("latin-1")
+
+
+CHAT = "/v1/chat/completions"
+SEED_CHAT = "/api/v1/chat"
+GATEWAY_MAX_BODY = 8 << 20  # gateway.limits.max_body_mib: 8 by default
+
+GATEWAY_CASES: tuple[GatewayCase, ...] = (
+    GatewayCase("gw-body-not-json", "a chat request whose body is not JSON (cut short)", "POST",
+                CHAT, b'{"model": "mini", "messages": [', 400,
+                "the request body is not valid JSON", "send one JSON object (`jq -n` or a JSON "
+                "library builds it; pasted quotes break it)"),
+    GatewayCase("gw-body-not-utf8", "accented text the shell re-encoded as Latin-1 (seed 000's "
+                "\"There was an error parsing the body\")", "POST", CHAT, _latin1_chat(CHAT),
+                400, "the request body is not UTF-8: byte 0xe9 at offset",
+                "save the JSON as a UTF-8 file and send it with `curl --data-binary @body.json`"),
+    GatewayCase("gw-seed-body-not-utf8", "the same on seed 004's `POST /api/v1/chat`", "POST",
+                SEED_CHAT, _latin1_chat(SEED_CHAT), 400, "is not UTF-8: byte 0xe9 at offset",
+                "save the JSON as a UTF-8 file and send it with `curl --data-binary @body.json`"),
+    GatewayCase("gw-body-not-an-object", "a JSON body that is a list, not an object", "POST",
+                CHAT, b'[{"role": "user", "content": "hi"}]', 400,
+                "the request body must be a JSON object", 'send `{"model": …, "messages": [...]}`'),
+    GatewayCase("gw-unknown-model", "a `model` no tier serves", "POST", CHAT,
+                chat_body(model="qwen-9000"), 404, "The model `qwen-9000` does not exist",
+                "use a name `GET /v1/models` lists: a served name, a tier, an alias or auto"),
+    GatewayCase("gw-model-not-text", "`model` that is not a string", "POST", CHAT,
+                chat_body(model=42), 400, "model: expected a string, got int",
+                "quote the model name"),
+    GatewayCase("gw-no-messages", "a chat request without `messages`", "POST", CHAT,
+                b'{"model": "mini"}', 400, "messages: expected a non-empty list of messages",
+                'send `"messages": [{"role": "user", "content": "…"}]`'),
+    GatewayCase("gw-completion-no-prompt", "`/v1/completions` without a `prompt`", "POST",
+                "/v1/completions", b'{"model": "mini", "max_tokens": 8}', 400,
+                "prompt: expected a prompt", "send a prompt (text or token ids)"),
+    GatewayCase("gw-seed-no-message", "seed 004's chat without a `message`", "POST", SEED_CHAT,
+                b'{"history": []}', 400, "message: expected a non-empty string",
+                'send `{"message": "…", "history": [...]}`'),
+    GatewayCase("gw-seed-unknown-field", "seed 004's chat with a misspelt field", "POST",
+                SEED_CHAT, b'{"message": "hi", "temprature": 0.2}', 400,
+                "unknown field 'temprature'", "use the fields the message lists"),
+    GatewayCase("gw-context-exceeded-auto", "`model: auto` asking for more tokens than any tier's "
+                "context holds", "POST", CHAT, chat_body(model="auto", max_tokens=1_000_000), 400,
+                "the largest context available is 32768 tokens",
+                "shorten the prompt or lower max_tokens"),
+    GatewayCase("gw-context-exceeded-tier", "a tier named, asking for more than its context",
+                "POST", CHAT, chat_body(model="micro", max_tokens=100_000), 400,
+                "cannot be greater than max_model_len=16384",
+                "lower max_tokens, or send `model: auto` to pick a tier whose context holds it"),
+    GatewayCase("gw-no-key", "a request without `Authorization`", "POST", CHAT, chat_body(), 401,
+                "Unauthorized: no API key", "send `Authorization: Bearer <gateway key>` "
+                "(`qwen-deploy endpoints --show-keys`)",
+                headers=(("Content-Type", "application/json"),)),
+    GatewayCase("gw-wrong-key", "a key that is not a gateway key (a tier's own key, say)", "POST",
+                CHAT, chat_body(), 401, "Unauthorized: wrong API key",
+                "use the gateway's key (`qwen-deploy endpoints --show-keys`); tiers' keys stay "
+                "behind it", headers=(("Authorization", "Bearer test-key-mini"),
+                                      ("Content-Type", "application/json"))),
+    GatewayCase("gw-body-too-large", "a body above the gateway's limit (8 MiB by default)",
+                "POST", CHAT, chat_body(), 413,
+                f"bytes; the limit is {GATEWAY_MAX_BODY}",
+                "send less, or raise the profile's `gateway: {limits: {max_body_mib: …}}`",
+                padding=GATEWAY_MAX_BODY, expect_continue=True),
+    GatewayCase("gw-wrong-method", "`GET` on the chat endpoint", "GET", CHAT, b"", 405,
+                "GET /v1/chat/completions: Method Not Allowed", "POST it"),
+    GatewayCase("gw-unknown-path", "a path the gateway does not have (`/v1/chat`)", "POST",
+                "/v1/chat", chat_body(), 404, "POST /v1/chat: Not Found",
+                "use /v1/chat/completions, /v1/completions or seed 004's /api/v1/chat"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GatewayOutcome:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def send_gateway_case(case: GatewayCase, host: str, port: int, key: str) -> GatewayOutcome:
+    """The request exactly as the case gives it (http.client: no client-side JSON encoding or
+    body checks), and the answer."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.putrequest(case.method, case.path, skip_accept_encoding=True)
+        for name, value in case.headers:
+            conn.putheader(name, value.format(key=key))
+        if case.body or case.padding or case.method != "GET":
+            conn.putheader("Content-Length", str(len(case.body) + case.padding))
+        if case.expect_continue:
+            conn.putheader("Expect", "100-continue")
+            conn.endheaders()
+        else:
+            conn.endheaders(case.body + b" " * case.padding)
+        answer = conn.getresponse()
+        body = answer.read()
+        return GatewayOutcome(answer.status, {k.lower(): v for k, v in answer.getheaders()}, body)
+    finally:
+        conn.close()
+
+
+def gateway_error_message(case: GatewayCase, outcome: GatewayOutcome) -> str:
+    """The error message in the shape the path promises; AssertionError if the shape is off."""
+    shown = f"{outcome.status} {outcome.headers}\n{outcome.body[:2000]!r}"
+    rid = outcome.headers.get("x-request-id", "")
+    if outcome.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [json.loads(line[6:]) for line in outcome.body.decode().splitlines()
+                  if line.startswith("data: ")]  # fmt: skip
+        errors = [e["content"] for e in events if e.get("type") == "error"]
+        assert len(errors) == 1, shown
+        return str(errors[0])
+    doc = json.loads(outcome.body)
+    if case.path.startswith("/api/"):  # seed 004's shape
+        assert doc["success"] is False and doc["response"] == "", shown
+        assert doc["request_id"] == rid != "", shown
+        return str(doc["error"])
+    error = doc["error"]  # OpenAI's shape, as vLLM answers
+    assert error["code"] == outcome.status and isinstance(error["type"], str), shown
+    assert error["request_id"] == rid != "", shown
+    return str(error["message"])
+
+
+def check_gateway_outcome(case: GatewayCase, outcome: GatewayOutcome) -> None:
+    shown = f"{outcome.status} {outcome.headers}\n{outcome.body[:2000]!r}"
+    assert outcome.status == case.status, shown
+    message = gateway_error_message(case, outcome)
+    assert case.fragment in message, shown
+    assert "\n" not in message and "Traceback" not in message, shown
 
 
 # --- running a case -------------------------------------------------------------------------------
@@ -794,11 +1060,15 @@ def run_case(case: Case, ws: Workspace, base_env: dict[str, str | None]) -> Outc
 
         result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
         return Outcome(result.exit_code, result.stdout, result.stderr)
-    assert case.runner == "no-dac", case.runner
     full = {k: v for k, v in os.environ.items() if k not in env or env[k] is not None}
     full.update({k: v for k, v in env.items() if v is not None})
+    if case.runner == "gateway":
+        command = [sys.executable, "-m", "deployer.gateway", *args[4:]]
+    else:
+        assert case.runner == "no-dac", case.runner
+        command = without_dac_override([*entry_point(), *args])
     done = subprocess.run(
-        without_dac_override([*entry_point(), *args]),
+        command,
         env=full,
         capture_output=True,
         text=True,
@@ -866,6 +1136,9 @@ def markdown_table() -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
+    def code(text: str) -> str:  # a code span around text that has backticks takes two
+        return f"`` {cell(text)} ``" if "`" in text else f"`{cell(text)}`"
+
     lines = [
         "| case | what happened | exit | the error line says | what to do |",
         "|---|---|---|---|---|",
@@ -873,7 +1146,19 @@ def markdown_table() -> str:
     for case in CASES:
         lines.append(
             f"| `{case.id}` | {cell(case.situation)} | {int(case.code)} "
-            f"{case.code.name.lower()} | `{cell(case.fragment.strip())}` | {cell(case.fix)} |"
+            f"{case.code.name.lower()} | {code(case.fragment.strip())} | {cell(case.fix)} |"
+        )
+    lines += [
+        "",
+        "Requests to the gateway (`gateway serve`, or the `gateway` service of a deployment):",
+        "",
+        "| case | what the client sent | request | HTTP | the error message says | what to do |",
+        "|---|---|---|---|---|---|",
+    ]
+    for gw in GATEWAY_CASES:
+        lines.append(
+            f"| `{gw.id}` | {cell(gw.situation)} | `{gw.method} {gw.path}` | {gw.status} "
+            f"| {code(gw.fragment)} | {cell(gw.fix)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -15,6 +15,7 @@ from deployer.errors import ExitCode
 from tests.bad_input_cases import (
     CASES,
     DOC_TABLE,
+    GATEWAY_CASES,
     ROOT,
     Case,
     Workspace,
@@ -64,11 +65,12 @@ def test_bad_input_is_one_line_a_distinct_code_and_changes_nothing(
             outcome = run_case(
                 case, ws, {"DOCKER_HOST": f"unix://{ws.tmp}/no-engine-in-unit-tests.sock"}
             )
+            after = snapshot(ws.home)  # before the setup is undone (a mode, a link)
         finally:
             if cleanup:
                 cleanup()
         check_outcome(case, outcome)
-        assert snapshot(ws.home) == before
+        assert after == before
 
 
 def test_the_table_covers_the_issue() -> None:
@@ -98,5 +100,16 @@ def test_docs_table_is_the_case_table() -> None:
 def test_readme_troubleshooting_lists_every_case() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Troubleshooting", 1)[-1].split("\n## ", 1)[0]
-    missing = [c.id for c in CASES if f"`{c.id}`" not in section]
+    missing = [c.id for c in (*CASES, *GATEWAY_CASES) if f"`{c.id}`" not in section]
     assert not missing, f"README.md's Troubleshooting section lacks {missing}"
+    assert markdown_table() in section, "paste `python -m tests.bad_input_cases` into it"
+
+
+def test_gateway_rows_are_well_formed() -> None:
+    """Each request row can be sent as written: a method, a path, bytes, an error status."""
+    ids = [c.id for c in GATEWAY_CASES]
+    assert len(ids) == len(set(ids)) and not set(ids) & {c.id for c in CASES}
+    for case in GATEWAY_CASES:
+        assert case.method in ("GET", "POST") and case.path.startswith("/"), case.id
+        assert isinstance(case.body, bytes) and 400 <= case.status < 500, case.id
+        assert case.fragment and "\n" not in case.fragment, case.id
