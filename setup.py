@@ -17,6 +17,7 @@ setup(
         "deployer.cli": ["help.txt"],  # what `qwen-deploy --help` prints without importing click
         # Everything in the stand-in's build context: its Dockerfile, data files, sources.
         "deployer.standin": ["*", "**/*"],
+        "deployer.gateway": ["docker/Dockerfile.*"],  # the gateway image's build files
         **{f"deployer.data.{name}": [pattern] for name, pattern in SHIPPED.items()},
     },
     exclude_package_data={"": ["*.pyc"]},

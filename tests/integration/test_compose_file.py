@@ -163,12 +163,17 @@ def test_every_shipped_profile_renders_a_file_compose_reads_unedited(
     assert done.returncode == 0, done.stderr
     config = yaml.safe_load(done.stdout)
     planned = directory.load_plan()
-    assert sorted(config["services"]) == sorted(s.name for s in planned.services)
+    # Every unit of the plan: the services and, where the profile has one, the gateway.
+    assert sorted(config["services"]) == sorted(planned.unit_names())
     keys = directory.read_env()
     for service in planned.services:
         resolved = config["services"][service.name]
         assert resolved["environment"]["VLLM_API_KEY"] == keys[service.api_key_env]
         assert resolved["command"] == list(vllm_args(service))
+    if planned.gateway is not None:
+        gateway = config["services"]["gateway"]["environment"]
+        for key in planned.gateway.keys:
+            assert gateway[key.env_var] == keys[key.env_var]
 
 
 def test_compose_refuses_to_start_without_the_keys(tmp_path: Path) -> None:
