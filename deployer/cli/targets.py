@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from deployer.cli.common import AppContext, PlannedProfile, warn_unauthenticated
 from deployer.targets import Target
+
+if TYPE_CHECKING:
+    from deployer.plan import DeploymentPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -140,13 +143,26 @@ def up_target(app: AppContext, requested: str | None, engine: str, skip_gpu_chec
 
 
 def runtime_for(
-    app: AppContext, target: str | None = None, engine: str = "", skip_gpu_check: bool = False
+    app: AppContext,
+    target: str | None = None,
+    engine: str = "",
+    skip_gpu_check: bool = False,
+    plan: DeploymentPlan | None = None,
 ) -> Any:
     """deployer.runtime, or its Swarm counterpart (same functions) when `up --target swarm`
-    or the deployment's recorded target says so."""
+    or the deployment's recorded target says so. A plan over several boxes (`plan`, from
+    `up`) runs only on Swarm: one engine cannot start another box's containers."""
     from deployer import runtime
+    from deployer.errors import TargetUnsupported
 
-    if up_target(app, target, engine, skip_gpu_check) == Target.SWARM:
+    chosen = up_target(app, target, engine, skip_gpu_check)
+    if plan is not None and plan.nodes and chosen != Target.SWARM:
+        raise TargetUnsupported(
+            f"a plan over {len(plan.nodes)} nodes cannot run on one Docker engine ({chosen})",
+            hint="deploy it with `up --target swarm` (each node a member of the swarm), or "
+            "render it with `render --target kubernetes`",
+        )
+    if chosen == Target.SWARM:
         from deployer.targets.swarm_runtime import SwarmRuntime
 
         return SwarmRuntime(skip_gpu_check)

@@ -1,6 +1,7 @@
 """`up --target swarm`: deploy a plan to a Docker Swarm through the Docker SDK: an overlay
 network, one secret per key, one service per tier pinned to the node and devices of the plan,
-tiers sharing a GPU created one after another, each once the previous one is ready.
+tiers sharing a GPU created one after another, each once the previous one is ready, then the
+gateway (when the plan has one) once every tier is.
 
 Functions take a `docker.DockerClient` (only the CLI builds one) and return the runtime's
 result types, so the CLI reports a Swarm deployment as it reports a compose one.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from docker.types import (
 from deployer import diagnose
 from deployer.deployment import resolve_api_keys
 from deployer.errors import DeployFailed
+from deployer.gateway.config import GATEWAY_SERVICE
 from deployer.plan import DeploymentPlan
 from deployer.runtime import docker_errors, readiness, runtime_env
 from deployer.runtime.convergence import Action
@@ -38,19 +41,25 @@ from deployer.runtime.operations import UpRequest, UpResult
 from deployer.runtime.progress import Progress, ProgressCallback
 from deployer.runtime.results import ApplyResult, ServiceOutcome
 from deployer.runtime.states import ActionKind, Stage
-from deployer.targets import Target, sizing
+from deployer.targets import Target, sizing, swarm_gateway
 from deployer.targets.record import write_target
+from deployer.targets.swarm_nodes import (
+    NVIDIA_RUNTIME_CONFIG,
+    NodeCheck,
+    advertised_gpus,
+    check_node,
+    check_nodes,
+    match_nodes,
+    swarm_problems,
+)
 from deployer.targets.swarm_spec import (
     LABEL_DEPLOYMENT,
     LABEL_SWARM_HASH,
     LABEL_TIER,
-    NVIDIA_RUNTIME_CONFIG,
-    NodeCheck,
     SwarmService,
-    advertised_gpus,
-    check_node,
     network_name,
     refuse_unexpressible,
+    secret_payloads,
     swarm_services,
 )
 
@@ -76,7 +85,7 @@ def _logs(service: Any, tail: int = 60) -> list[str]:
 
 
 def node_for(client: docker.DockerClient, plan: DeploymentPlan, skip_gpu_check: bool) -> Any:
-    """The node that holds the plan's GPUs (by the UUIDs it advertises), else this one."""
+    """The node that holds a one-box plan's GPUs (by the UUIDs it advertises), else this one."""
     info = client.info()
     local = (info.get("Swarm") or {}).get("NodeID") or ""
     if not local:
@@ -89,33 +98,63 @@ def node_for(client: docker.DockerClient, plan: DeploymentPlan, skip_gpu_check: 
     return client.nodes.get(local)
 
 
-def check(
-    client: docker.DockerClient, plan: DeploymentPlan, skip_gpu_check: bool
-) -> tuple[Any, NodeCheck]:
-    """The node to deploy on and what it lacks; raises DeployFailed naming every gap."""
+@dataclass(frozen=True)
+class Placement:
+    """Where the plan's services go, as `check` found the swarm."""
+
+    node_constraint: str  # a one-box plan's tiers (a several-box plan's tiers name their node)
+    gateway_constraint: str  # the node `up` runs against: the gateway's URL is this host's
+    local_tiers: frozenset[str]  # tiers on this engine's node: readiness asked over 127.0.0.1
+    nodes: Mapping[str, str]  # plan node ("" for one box) -> Swarm node id, for target.json
+    check: NodeCheck
+
+
+def _runtime_config() -> str | None:
+    try:
+        return Path(NVIDIA_RUNTIME_CONFIG).read_text()
+    except OSError:
+        return None
+
+
+def check(client: docker.DockerClient, plan: DeploymentPlan, skip_gpu_check: bool) -> Placement:
+    """The nodes to deploy on and what they lack; raises DeployFailed naming every gap (and
+    a several-box plan's node that is not in the swarm) before anything changes."""
     refuse_unexpressible(plan)
+    hint = "fix the node as said, then run `up --target swarm` again; nothing was changed"
     with docker_errors("checking the swarm"):
         info = client.info()
-        node = node_for(client, plan, skip_gpu_check)
-    attrs = node.attrs if node is not None else {}
-    local = node is not None and node.id == (info.get("Swarm") or {}).get("NodeID")
-    config = None
-    if local:
-        try:
-            config = Path(NVIDIA_RUNTIME_CONFIG).read_text()
-        except OSError:
-            config = None
-    result = check_node(plan, info, attrs, config, skip_gpu_check)
+        problems = swarm_problems(info)
+        if problems:  # not a manager: the node API answers nothing
+            raise DeployFailed("the swarm cannot run this plan: " + "; ".join(problems), hint=hint)
+        local_id = str((info.get("Swarm") or {}).get("NodeID") or "")
+        if plan.nodes:
+            matched = match_nodes(plan, [n.attrs for n in client.nodes.list()])
+            is_local = any(a.get("ID") == local_id for a in matched.values())
+            result = check_nodes(
+                plan, info, matched, _runtime_config() if is_local else None, skip_gpu_check
+            )
+            ids = {name: str(attrs.get("ID", "")) for name, attrs in matched.items()}
+            local = frozenset(s.name for s in plan.services if s.node and ids[s.node] == local_id)
+            constraint = f"node.id=={local_id}"
+        else:
+            node = node_for(client, plan, skip_gpu_check)
+            is_local = node.id == local_id
+            config = _runtime_config() if is_local else None
+            result = check_node(plan, info, node.attrs, config, skip_gpu_check)
+            ids = {"": node.id}
+            local = frozenset(s.name for s in plan.services) if is_local else frozenset()
+            constraint = f"node.id=={node.id}"
     if result.problems:
         raise DeployFailed(
-            "the swarm cannot run this plan: " + "; ".join(result.problems),
-            hint="fix the node as said, then run `up --target swarm` again; nothing was changed",
+            "the swarm cannot run this plan: " + "; ".join(result.problems), hint=hint
         )
-    return node, result
+    return Placement(constraint, f"node.id=={local_id}", local, ids, result)
 
 
 def _create_kwargs(s: SwarmService, secret_ids: Mapping[str, str], drain_s: int) -> dict[str, Any]:
-    mounts = [Mount(target="/dev/shm", source=None, type="tmpfs", tmpfs_size=s.shm_bytes)]
+    mounts = []
+    if s.shm_bytes:
+        mounts.append(Mount(target="/dev/shm", source=None, type="tmpfs", tmpfs_size=s.shm_bytes))
     mounts += [Mount(target=path, source=volume, type="volume") for volume, path in s.volumes]
     hc = s.healthcheck
     return {
@@ -220,15 +259,12 @@ def _secrets(
         s.name: s.id
         for s in client.secrets.list(filters={"label": f"{LABEL_DEPLOYMENT}={plan.deployment}"})
     }
-    for service in desired:
-        for var, name in service.secrets:
-            if name in have:
-                continue
-            source = "HF_TOKEN" if var == "HF_TOKEN" else plan.service(service.tier).api_key_env
+    for name, (tier, value) in secret_payloads(tuple(desired), values).items():
+        if name not in have:
             secret = client.secrets.create(
                 name=name,
-                data=values[source].encode(),
-                labels={LABEL_DEPLOYMENT: plan.deployment, LABEL_TIER: service.tier},
+                data=value.encode(),
+                labels={LABEL_DEPLOYMENT: plan.deployment, LABEL_TIER: tier},
             )
             have[name] = secret.id
     return have
@@ -299,8 +335,9 @@ def up_dry_run(
         request.environ,
         request.allow_unauthenticated,
     )
-    node, _ = check(client, plan, skip_gpu_check)
-    desired = swarm_services(plan, runtime_env(keys, request.hf_token), f"node.id=={node.id}")
+    place = check(client, plan, skip_gpu_check)
+    values = runtime_env(keys, request.hf_token)
+    desired = swarm_services(plan, values, place.node_constraint, place.gateway_constraint)
     with docker_errors("reading the swarm"):
         return tuple(converge_actions(plan, desired, existing_services(client, plan.deployment)))
 
@@ -314,6 +351,7 @@ def up(
 ) -> UpResult:
     """Under the deployment's lock: check the swarm and the node, write the directory, then
     converge the services wave by wave and wait until each tier is ready."""
+    from deployer.gateway import lifecycle  # it imports deployer.runtime's modules
     from deployer.render import render_files
 
     plan, directory = request.plan, request.directory
@@ -327,7 +365,7 @@ def up(
             request.allow_unauthenticated,
         )
         values = runtime_env(keys, request.hf_token)
-        node, _ = check(client, plan, skip_gpu_check)
+        place = check(client, plan, skip_gpu_check)
         with docker_errors("checking images"):
             try:
                 client.images.get(plan.image)
@@ -336,12 +374,20 @@ def up(
                     f"image {plan.image} is not on this engine",
                     hint="build it (`make images`) or `docker pull` it on the node",
                 ) from None
-        desired = swarm_services(plan, values, f"node.id=={node.id}")
-        local = node.id == (client.info().get("Swarm") or {}).get("NodeID")
+            # Built here, where its service runs (the node `up` talks to): no registry has it.
+            lifecycle.ensure_image(client, plan)
+        desired = swarm_services(plan, values, place.node_constraint, place.gateway_constraint)
         if on_checked is not None:
             on_checked(())
         directory.write_files(render_files(plan, str(directory.path), keys))
-        write_target(directory.path, Target.SWARM, node=node.id, network=network_name(plan))
+        nodes = dict(place.nodes)
+        write_target(
+            directory.path,
+            Target.SWARM,
+            node=nodes.pop("", None) or next(iter(nodes.values()), None),
+            nodes=nodes,
+            network=network_name(plan),
+        )
         with docker_errors("deploying to the swarm"):
             existing = existing_services(client, plan.deployment)
             actions = converge_actions(plan, desired, existing)
@@ -354,7 +400,7 @@ def up(
             ensure_network(client, plan)
             secret_ids = _secrets(client, plan, desired, values)
             outcomes = _start_waves(
-                client, plan, desired, actions, secret_ids, keys, local, request, progress, begun
+                client, plan, desired, actions, secret_ids, keys, place, request, progress, begun
             )
             _drop_unused_secrets(client, plan, {n for s in desired for _, n in s.secrets})
     result = ApplyResult(plan.deployment, tuple(actions), tuple(outcomes), time.monotonic() - begun)
@@ -368,13 +414,14 @@ def _start_waves(
     actions: Sequence[Action],
     secret_ids: Mapping[str, str],
     keys: Mapping[str, str],
-    local: bool,
+    place: Placement,
     request: UpRequest,
     progress: ProgressCallback | None,
     begun: float,
 ) -> list[ServiceOutcome]:
     """Create each wave's services, then wait for each; a tier that fails keeps the tiers
-    that start after it from being created."""
+    that start after it from being created. The gateway comes last, once every tier is
+    ready."""
     by_tier = {s.tier: s for s in desired}
     kind = {a.service: a.kind for a in actions}
     failed: set[str] = set()
@@ -412,7 +459,7 @@ def _start_waves(
                 plan,
                 keys.get(service_plan.api_key_env, ""),
                 timeout_s=request.timeout_s or service_plan.startup_timeout_s,
-                local=local,
+                local=tier in place.local_tiers,
                 session=session,
                 progress=progress,
                 poll_s=request.poll_s,
@@ -432,4 +479,21 @@ def _start_waves(
             )
             if progress is not None:
                 progress(Progress(tier, outcomes[tier].stage, time.monotonic() - at, message))
-    return [outcomes[s.name] for s in plan.services]
+    ordered = [outcomes[s.name] for s in plan.services]
+    gateway = by_tier.get(GATEWAY_SERVICE)
+    if gateway is not None:
+        grace = max(sizing.drain_s(s) for s in plan.services)
+        ordered.append(
+            swarm_gateway.start(
+                client,
+                gateway,
+                kind[GATEWAY_SERVICE],
+                [s.name for s in plan.services if s.name in failed],
+                _create_kwargs(gateway, secret_ids, grace),
+                session,
+                progress,
+                begun,
+                request.poll_s,
+            )
+        )
+    return ordered

@@ -14,6 +14,8 @@ import docker.errors
 import requests
 
 from deployer.errors import StateError
+from deployer.gateway.config import GATEWAY_SERVICE
+from deployer.gateway.service import GATEWAY_MODEL_LABEL
 from deployer.plan import DeploymentPlan
 from deployer.runtime import docker_errors, parse_docker_time
 from deployer.runtime.convergence import Action
@@ -23,6 +25,7 @@ from deployer.runtime.results import ApplyResult, ServiceOutcome
 from deployer.runtime.states import ActionKind, Stage
 from deployer.runtime.status import MISSING, ServiceStatus
 from deployer.spec import LABEL_GPUS, LABEL_MODEL, LABEL_PORT
+from deployer.targets import swarm_gateway
 from deployer.targets.swarm import existing_services, remove_services, wait_ready
 from deployer.targets.swarm_spec import LABEL_DEPLOYMENT, LABEL_SWARM_HASH
 
@@ -60,18 +63,21 @@ def swarm_statuses(
     with docker_errors(f"status of {deployment!r}"):
         existing = existing_services(client, deployment)
         planned = [s.name for s in plan.services] if plan else []
+        if plan is not None and plan.gateway is not None:  # a service too, with no GPU
+            planned.append(GATEWAY_SERVICE)
         rows = []
         for tier in [*planned, *sorted(set(existing) - set(planned))]:
-            service_plan = plan.service(tier) if plan and tier in planned else None
+            in_plan = tier in planned
             svc = existing.get(tier)
             if svc is None:
-                assert service_plan is not None
+                assert plan is not None
+                model, gpus, port = _planned_columns(plan, tier)
                 rows.append(
                     ServiceStatus(
                         service=tier,
-                        model=service_plan.served_model_name,
-                        gpus=",".join(map(str, service_plan.gpus)),
-                        port=service_plan.port,
+                        model=model,
+                        gpus=gpus,
+                        port=port,
                         state=MISSING,
                         health="-",
                         uptime_s=None,
@@ -104,12 +110,20 @@ def swarm_statuses(
                     restart_count=max(0, len(svc.tasks()) - 1),
                     exit_code=None if running else exit_code,
                     container=svc.name,
-                    in_plan=service_plan is not None,
+                    in_plan=in_plan,
                     up_to_date=None if wanted is None else labels.get(LABEL_SWARM_HASH) == wanted,
                     verify=verify.get(tier),
                 )
             )
     return rows
+
+
+def _planned_columns(plan: DeploymentPlan, name: str) -> tuple[str, str, int | None]:
+    """MODEL, GPUS and PORT of a planned service that has no Swarm service."""
+    if name == GATEWAY_SERVICE and plan.gateway is not None:
+        return GATEWAY_MODEL_LABEL, "", plan.gateway.port
+    service = plan.service(name)
+    return service.served_model_name, ",".join(map(str, service.gpus)), service.port
 
 
 def swarm_logs(
@@ -166,16 +180,22 @@ def swarm_restart(
     poll_s: float = 1.0,
 ) -> ApplyResult:
     """Restart tiers (all when empty) and the tiers that start after them, one after another
-    in start order, each once the previous one is ready again (Swarm has no start order)."""
+    in start order, each once the previous one is ready again (Swarm has no start order);
+    then the gateway, when asked for or when everything is."""
     begun = time.monotonic()
-    chosen = {plan.service(s).name for s in services} or {s.name for s in plan.services}
+    has_gateway = plan.gateway is not None
+    tiers = [s for s in services if not (has_gateway and s == GATEWAY_SERVICE)]
+    gateway_too = has_gateway and (not services or len(tiers) < len(services))
+    chosen = {plan.service(s).name for s in tiers}
+    if not services:
+        chosen = {s.name for s in plan.services}
     for service in plan.services:  # a co-tenant that starts after a restarted one re-profiles
         if set(service.start_after) & chosen:
             chosen.add(service.name)
     session = session or requests.Session()
     with docker_errors(f"restart of {plan.deployment!r}"):
         existing = existing_services(client, plan.deployment)
-        local = _local(client, existing)
+        node = (client.info().get("Swarm") or {}).get("NodeID")
         outcomes: list[ServiceOutcome] = []
         actions = []
         failed: set[str] = set()
@@ -206,7 +226,7 @@ def swarm_restart(
                 plan,
                 keys.get(service_plan.api_key_env, ""),
                 timeout_s=timeout_s or service_plan.startup_timeout_s,
-                local=local,
+                local=_newest_task(svc).get("NodeID", node) == node,
                 session=session,
                 progress=progress,
                 poll_s=poll_s,
@@ -223,17 +243,29 @@ def swarm_restart(
                     started_s=at - begun,
                 )
             )
+        if gateway_too:
+            actions.append(Action(GATEWAY_SERVICE, ActionKind.RESTART, "asked"))
+            outcomes.append(
+                _restart_gateway(plan, existing, failed, session, progress, begun, poll_s)
+            )
     return ApplyResult(plan.deployment, tuple(actions), tuple(outcomes), time.monotonic() - begun)
 
 
-def _local(client: docker.DockerClient, existing: Mapping[str, Any]) -> bool:
-    """Whether the deployment's tasks run on the node this client talks to."""
-    node = (client.info().get("Swarm") or {}).get("NodeID")
-    for svc in existing.values():
-        task = _newest_task(svc)
-        if task:
-            return bool(task.get("NodeID") == node)
-    return True
+def _restart_gateway(
+    plan: DeploymentPlan,
+    existing: Mapping[str, Any],
+    failed: set[str],
+    session: requests.Session,
+    progress: ProgressCallback | None,
+    begun: float,
+    poll_s: float,
+) -> ServiceOutcome:
+    assert plan.gateway is not None
+    svc = existing.get(GATEWAY_SERVICE)
+    if svc is None or failed:
+        why = "no Swarm service" if svc is None else f"{', '.join(sorted(failed))} failed"
+        return ServiceOutcome(GATEWAY_SERVICE, ActionKind.RESTART, False, Stage.NOT_STARTED, why)
+    return swarm_gateway.restart(svc, plan.gateway.port, session, progress, begun, poll_s)
 
 
 def swarm_down(

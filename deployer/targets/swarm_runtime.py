@@ -67,8 +67,8 @@ class SwarmRuntime:
             node = f"node.id=={(client.info().get('Swarm') or {}).get('NodeID')}"
             try:
                 hashes = {s.tier: s.config_hash() for s in swarm_services(plan, env, node)}
-            except TargetUnsupported:  # a plan Swarm refuses: nothing of it can be up to date
-                hashes = None
+            except (TargetUnsupported, ValueError):  # refused, or keys missing from .env:
+                hashes = None  # nothing of it can be up to date
         return swarm_ops.swarm_statuses(client, deployment, plan, hashes, verify, now)
 
     def logs(

@@ -189,3 +189,125 @@ def test_a_tier_that_fails_stays_down_with_its_logs_and_its_co_tenant_is_not_cre
     assert rows["micro"]["state"] == "missing" and rows["medium"]["state"] == "running"
     assert d.cli("down").exit_code == 0
     assert _services(engine, d.name) == {}
+
+
+def _request(d: Deployment, *boxes: str) -> Any:
+    """`up`'s request for a plan over the named boxes, each with this test's inventory."""
+    from deployer.catalog import load_catalog
+    from deployer.deployment import DeploymentDir
+    from deployer.gpus import load_inventory_file
+    from deployer.multibox import plan_boxes
+    from deployer.planner import PlanOptions
+    from deployer.profiles import load_profile_file
+    from deployer.runtime.operations import UpRequest
+
+    profile = load_profile_file(d.profile)
+    options = PlanOptions(deployment=d.name, engine="stand-in")
+    inventories = {box: load_inventory_file(d.gpus_file) for box in boxes}
+    plan = plan_boxes(inventories, profile, load_catalog(), options)
+    return UpRequest(DeploymentDir.named(d.home, d.name), profile, plan, environ={}, poll_s=0.5)
+
+
+def test_a_several_box_plan_runs_on_the_node_it_names_and_a_missing_node_is_refused(
+    swarm_deployment: Deployment,
+) -> None:
+    from deployer.errors import DeployFailed
+    from deployer.targets import swarm as swarm_target
+
+    d, engine = swarm_deployment, swarm_deployment.engine
+    here = engine.nodes.get(engine.info()["Swarm"]["NodeID"]).attrs["Description"]["Hostname"]
+    # medium on this node, mini and micro on a node the swarm does not have.
+    absent = _request(d, here, "gpu-box-absent")
+    assert {s.name: s.node for s in absent.plan.services} == {
+        "medium": here,
+        "mini": "gpu-box-absent",
+        "micro": "gpu-box-absent",
+    }
+    with pytest.raises(DeployFailed) as refused:
+        swarm_target.up(engine, absent, skip_gpu_check=True)
+    assert refused.value.message == (
+        "the plan places mini and micro on node gpu-box-absent, which is not in this swarm "
+        f"(its nodes: {here})"
+    )
+    assert _services(engine, d.name) == {}
+    assert not engine.secrets.list(filters={"label": f"{LABEL}={d.name}"})
+    assert not engine.networks.list(filters={"label": f"{LABEL}={d.name}"})
+    assert not (d.home / d.name / "target.json").exists()
+
+    # Every tier on this node, named by its host name (as `docker node ls` shows it).
+    request = _request(d, here)
+    assert {s.node for s in request.plan.services} == {here} and request.plan.gpus == ()
+    result = swarm_target.up(engine, request, skip_gpu_check=True)
+    assert result.result.ok, result.result
+    services = _services(engine, d.name)
+    assert set(services) == set(TIERS)
+    for tier, service in services.items():
+        spec = service.attrs["Spec"]
+        assert spec["TaskTemplate"]["Placement"]["Constraints"] == [f"node.hostname=={here}"]
+        env = dict(e.split("=", 1) for e in spec["TaskTemplate"]["ContainerSpec"]["Env"])
+        assert env["NVIDIA_VISIBLE_DEVICES"] == ",".join(d.gpu_ids[tier])
+        # The stand-in's ledger has this node's GPUs, numbered as in its inventory.
+        assert env["STANDIN_GPU_TOTAL_MIB"].startswith(f"{d.first_gpu}:")
+        ok = _models(d.ports[tier], KEYS[tier])
+        assert ok.status_code == 200 and ok.json()["data"][0]["id"] == MODELS[tier]
+    recorded = json.loads((d.home / d.name / "target.json").read_text())
+    assert recorded["nodes"] == {here: engine.info()["Swarm"]["NodeID"]}
+    status = json.loads(d.cli("status", "--json").stdout)
+    assert {r["service"]: r["state"] for r in status["services"]} == dict.fromkeys(TIERS, "running")
+    assert d.cli("down").exit_code == 0
+    assert _services(engine, d.name) == {}
+
+
+def test_tri_tier_with_the_gateway_answers_through_its_port_then_is_removed(
+    swarm_deployment: Deployment,
+) -> None:
+    import yaml
+
+    from tests.helpers.deployments import tri_tier_profile
+
+    d, engine = swarm_deployment, swarm_deployment.engine
+    (gateway_port,) = free_ports(1)
+    data = tri_tier_profile(d.ports, d.first_gpu, **{t: {"bind": "0.0.0.0"} for t in TIERS})
+    data["gateway"] = {"port": gateway_port, "bind": "0.0.0.0"}
+    d.profile.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = d.up("--target", "swarm", "--skip-gpu-check")
+    assert result.exit_code == 0, result.output
+    assert "checks passed" in result.stdout  # verify checks the gateway like a tier
+
+    services = _services(engine, d.name)
+    assert set(services) == {*TIERS, "gateway"}
+    spec = services["gateway"].attrs["Spec"]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert container["Image"].startswith("qwen-deploy/gateway:standin-")
+    secrets = {s["SecretName"] for s in container["Secrets"]}
+    assert len(secrets) == len(TIERS) + 2  # the tiers' keys and the default and admin keys
+    env_file = (d.home / d.name / ".env").read_text()
+    keys = dict(line.split("=", 1) for line in env_file.splitlines() if "=" in line)
+    client_key = keys["QWEN_DEPLOY_GATEWAY_KEY_DEFAULT"]
+    assert client_key not in json.dumps(spec) and KEYS["mini"] not in json.dumps(spec)
+
+    url = f"http://127.0.0.1:{gateway_port}"
+    answer = requests.post(
+        url + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {client_key}"},
+        json={"model": "MINI", "messages": [{"role": "user", "content": "salut"}], "max_tokens": 8},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-qwen-deploy-tier"] == "mini"
+    assert answer.json()["model"] == MODELS["mini"]
+    assert requests.get(url + "/v1/models", timeout=10).status_code == 401
+
+    rows = {r["service"]: r for r in json.loads(d.cli("status", "--json").stdout)["services"]}
+    assert rows["gateway"]["state"] == "running" and rows["gateway"]["in_plan"] is True
+    restarted = d.cli("restart", "gateway")
+    assert restarted.exit_code == 0, restarted.output
+    again = d.up("--target", "swarm", "--skip-gpu-check", "--no-verify")
+    assert again.exit_code == 0, again.output
+    assert len(_task_created(services["gateway"])) == 2  # kept: only the restart replaced it
+
+    assert d.cli("down").exit_code == 0
+    assert _services(engine, d.name) == {}
+    assert not engine.secrets.list(filters={"label": f"{LABEL}={d.name}"})
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/health", timeout=5)

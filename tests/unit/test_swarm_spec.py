@@ -1,8 +1,9 @@
-"""Swarm services from a plan, and what a node must have, without an engine (the real swarm
-is in tests/integration/test_swarm.py)."""
+"""Swarm services from a plan (one box or several, with or without the gateway), and what the
+nodes must have, without an engine (the real swarm is in tests/integration/test_swarm.py)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -10,33 +11,51 @@ from typing import Any
 import pytest
 
 from deployer.catalog import Catalog
-from deployer.errors import TargetUnsupported
+from deployer.errors import DeployFailed, TargetUnsupported
+from deployer.gateway import images
+from deployer.gateway.config import GatewaySpec, KeySpec
+from deployer.gateway.server import CONFIG_ENV
 from deployer.plan import DeploymentPlan
 from deployer.planner import PlanOptions, plan
 from deployer.profiles import load_profile
 from deployer.runtime.states import ActionKind
 from deployer.spec import START_GATE, vllm_args
 from deployer.targets.swarm import converge_actions
+from deployer.targets.swarm_nodes import check_node, check_nodes, match_nodes
 from deployer.targets.swarm_spec import (
+    GATEWAY_ENTRYPOINT,
     LABEL_SWARM_HASH,
+    SECRET_NAME_MAX,
     SECRET_SHIM,
-    check_node,
+    secret_payloads,
     swarm_services,
 )
 from tests.helpers import inventory
 
 NODE = "node.id==abc123"
+MANAGER = "node.id==manager1"
+GATEWAY_KEYS = {
+    "QWEN_DEPLOY_GATEWAY_KEY_DEFAULT": "gw-default-0123456789abcdef",
+    "QWEN_DEPLOY_GATEWAY_KEY_ADMIN": "gw-admin-0123456789abcdef",
+}
 
 
 def _plan(catalog: Catalog, bind: str = "0.0.0.0", engine: str = "vllm") -> DeploymentPlan:
     result = plan(
         inventory("3x-rtx4090"), load_profile("tri-tier"), catalog, PlanOptions(engine=engine)
     )
-    return replace(result, services=tuple(replace(s, bind=bind) for s in result.services))
+    services = tuple(replace(s, bind=bind) for s in result.services)
+    return replace(result, services=services, gateway=None)
+
+
+def _with_gateway(result: DeploymentPlan, bind: str = "0.0.0.0") -> DeploymentPlan:
+    keys = (KeySpec("default"), KeySpec("admin", admin=True))
+    return replace(result, gateway=GatewaySpec(port=19100, bind=bind, keys=keys))
 
 
 def _values(result: DeploymentPlan) -> dict[str, str]:
-    return {s.api_key_env: f"sk-{s.name}-0123456789abcdef" for s in result.services}
+    tiers = {s.api_key_env: f"sk-{s.name}-0123456789abcdef" for s in result.services}
+    return {**tiers, **(GATEWAY_KEYS if result.gateway else {})}
 
 
 def test_a_plan_bound_to_one_address_is_refused_with_the_options(catalog: Catalog) -> None:
@@ -140,3 +159,151 @@ def test_converge_recreates_changed_tiers_and_the_co_tenants_after_them(catalog:
     }
     fresh = converge_actions(result, desired, {})
     assert [a.kind for a in fresh] == [ActionKind.CREATE] * 3
+
+
+# --- several boxes ------------------------------------------------------------------------
+
+
+def _boxes(catalog: Catalog, engine: str = "vllm") -> DeploymentPlan:
+    from deployer.multibox import plan_boxes
+
+    boxes = {"gpu-a": inventory("3x-rtx4090"), "gpu-b": inventory("3x-rtx4090")}
+    result = plan_boxes(boxes, load_profile("tri-tier"), catalog, PlanOptions(engine=engine))
+    services = tuple(replace(s, bind="0.0.0.0") for s in result.services)
+    return replace(result, services=services, gateway=None)
+
+
+def test_a_several_box_plan_pins_each_tier_to_its_node_by_host_name(catalog: Catalog) -> None:
+    result = _boxes(catalog, engine="stand-in")
+    assert {s.name: s.node for s in result.services} == {
+        "medium": "gpu-a",
+        "mini": "gpu-b",
+        "micro": "gpu-b",
+    }
+    services = {s.tier: s for s in swarm_services(result, _values(result), NODE)}
+    for tier in result.services:
+        s, env = services[tier.name], dict(services[tier.name].env)
+        # node.hostname, as `docker node ls` lists it; NODE (a one-box plan's) is not used.
+        assert s.constraints == (f"node.hostname=={tier.node}",)
+        assert env["NVIDIA_VISIBLE_DEVICES"] == ",".join(map(str, tier.gpus))
+        # The stand-in's ledger knows its own node's GPUs (the plan's `gpus` is empty).
+        (box,) = [n for n in result.nodes if n.name == tier.node]
+        totals = ",".join(f"{g.index}:{g.memory_total_mib}" for g in box.gpus)
+        assert env["STANDIN_GPU_TOTAL_MIB"] == totals != ""
+    assert services["micro"].command[6] == "http://mini:8000/health"  # same node, same gate
+
+
+# --- the gateway ------------------------------------------------------------------------------
+
+
+def test_the_gateway_is_one_more_service_fronting_the_tiers_by_name(catalog: Catalog) -> None:
+    result = _with_gateway(_plan(catalog, engine="stand-in"))
+    values = _values(result)
+    *tiers, gateway = swarm_services(result, values, NODE, MANAGER)
+    assert [s.tier for s in tiers] == ["medium", "mini", "micro"]
+    assert gateway.tier == "gateway" and gateway.name == "qwen3-gateway"
+    assert gateway.image == images.image_tag("stand-in")
+    assert gateway.command == ("python3", "-c", SECRET_SHIM, *GATEWAY_ENTRYPOINT)
+    assert gateway.args[-2:] == ("--port", "19100")
+    assert gateway.published_port == gateway.target_port == 19100
+    # No GPU, no /dev/shm, on the manager `up` runs against; the tiers stay on theirs.
+    env = dict(gateway.env)
+    assert "NVIDIA_VISIBLE_DEVICES" not in env and gateway.shm_bytes == 0
+    assert gateway.constraints == (MANAGER,) and all(t.constraints == (NODE,) for t in tiers)
+    assert gateway.start_after == () and gateway.network == tiers[0].network
+    config = json.loads(env[CONFIG_ENV])
+    assert {t["name"]: t["base_url"] for t in config["tiers"]} == {
+        "medium": "http://medium:8000",
+        "mini": "http://mini:8000",
+        "micro": "http://micro:8000",
+    }
+    # Every key it holds is a Swarm secret: the tiers' and the clients'.
+    held = dict(gateway.secrets)
+    assert set(held) == {
+        *(s.api_key_env for s in result.services),
+        *GATEWAY_KEYS,
+    }
+    assert env["QWEN_DEPLOY_SECRET_FILES"].count("/run/secrets/") == len(held)
+    assert all(len(name) <= SECRET_NAME_MAX for name in held.values())
+    assert all(value not in repr(gateway) for value in values.values())
+    payloads = secret_payloads((*tiers, gateway), values)
+    admin = "QWEN_DEPLOY_GATEWAY_KEY_ADMIN"
+    assert payloads[held[admin]] == ("gateway", GATEWAY_KEYS[admin])
+    assert payloads[held["QWEN_DEPLOY_API_KEY_MINI"]][1] == values["QWEN_DEPLOY_API_KEY_MINI"]
+    # A new client key is a new secret and a new gateway; the tiers keep theirs.
+    rotated = {**values, "QWEN_DEPLOY_GATEWAY_KEY_DEFAULT": "gw-new-0123456789abcdef"}
+    *same, new_gateway = swarm_services(result, rotated, NODE, MANAGER)
+    assert new_gateway.config_hash() != gateway.config_hash()
+    assert [s.config_hash() for s in same] == [s.config_hash() for s in tiers]
+
+
+def test_a_gateway_bound_to_one_address_or_without_its_keys_is_refused(catalog: Catalog) -> None:
+    local = _with_gateway(_plan(catalog), bind="127.0.0.1")
+    with pytest.raises(TargetUnsupported) as caught:
+        swarm_services(local, _values(local), NODE)
+    assert "gateway (127.0.0.1:19100)" in str(caught.value)
+    assert "medium" not in str(caught.value).split("; the plan binds")[1]
+    result = _with_gateway(_plan(catalog))
+    missing = {k: v for k, v in _values(result).items() if k != "QWEN_DEPLOY_GATEWAY_KEY_ADMIN"}
+    with pytest.raises(ValueError, match="QWEN_DEPLOY_GATEWAY_KEY_ADMIN"):
+        swarm_services(result, missing, NODE)
+
+
+def test_long_deployment_names_keep_secret_names_within_dockers_limit(catalog: Catalog) -> None:
+    result = _with_gateway(replace(_plan(catalog), deployment="d" * 60))
+    for service in swarm_services(result, _values(result), NODE):
+        for _, name in service.secrets:
+            assert len(name) <= SECRET_NAME_MAX and name[-13] == "-"
+
+
+def _swarm_node(
+    node_id: str, hostname: str, *uuids: str, availability: str = "active"
+) -> dict[str, Any]:
+    attrs = _node(*uuids)
+    attrs["Description"]["Hostname"] = hostname
+    spec = {"Availability": availability}
+    return {"ID": node_id, "Status": {"State": "ready"}, "Spec": spec, **attrs}
+
+
+def test_a_plans_node_is_matched_by_host_name_or_refused_in_one_line(catalog: Catalog) -> None:
+    result = _boxes(catalog)
+    nodes = [_swarm_node("abc123", "GPU-A"), _swarm_node("def456", "gpu-b")]
+    matched = match_nodes(result, nodes)  # Swarm compares host names ignoring case
+    assert {name: attrs["ID"] for name, attrs in matched.items()} == {
+        "gpu-a": "abc123",
+        "gpu-b": "def456",
+    }
+    with pytest.raises(DeployFailed) as missing:
+        match_nodes(result, nodes[:1])
+    assert str(missing.value.message) == (
+        "the plan places mini and micro on node gpu-b, which is not in this swarm "
+        "(its nodes: GPU-A)"
+    )
+    assert "docker node ls" in (missing.value.hint or "") and "\n" not in str(missing.value)
+    with pytest.raises(DeployFailed, match="2 nodes of this swarm have the host name gpu-b"):
+        match_nodes(result, [*nodes, _swarm_node("zzz999", "gpu-b")])
+
+
+def test_each_node_is_checked_for_its_own_gpus(catalog: Catalog) -> None:
+    result = _boxes(catalog)
+    box = {n.name: n for n in result.nodes}
+    a_uuids = [g.uuid for g in box["gpu-a"].gpus]
+    b_uuids = [g.uuid for g in box["gpu-b"].gpus]
+    good = {
+        "gpu-a": _swarm_node("abc123", "gpu-a", *a_uuids),  # this engine (see _info)
+        "gpu-b": _swarm_node("def456", "gpu-b", *b_uuids),
+    }
+    ok = check_nodes(result, _info(), good, "", False)
+    assert ok.problems == ()
+    assert any("node gpu-b: its default runtime is not visible" in n for n in ok.notes)
+    bad = {
+        "gpu-a": _swarm_node("abc123", "gpu-a", *a_uuids),
+        "gpu-b": _swarm_node("def456", "gpu-b", availability="drain"),
+    }
+    runtime, drained, gpus = check_nodes(result, _info(runtime="runc"), bad, None, False).problems
+    assert runtime.startswith("node gpu-a's default runtime is 'runc'")
+    assert drained.startswith("node gpu-b is drain: Swarm places no task there")
+    assert gpus.startswith("node gpu-b does not advertise GPU(s) 2 as generic resources")
+    assert f'"NVIDIA-GPU={b_uuids[0]}"' in gpus and a_uuids[0] not in gpus
+    skipped = check_nodes(result, _info(runtime="runc"), bad, None, True)
+    assert skipped.problems == (drained,)  # --skip-gpu-check keeps the placement checks
