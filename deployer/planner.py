@@ -48,7 +48,7 @@ from deployer.plan import (  # re-exported: callers imported them from here befo
     ServicePlan,
 )
 from deployer.profiles import Profile, ServiceSpec, catalog_for
-from deployer.refusals import fewer_seqs, fix_text, fixes_for, no_fit_message, refusal_message
+from deployer.refusals import fix_text, fixes_for, no_fit_message, refusal_message, smaller_batch
 from deployer.vllm_pin import STANDIN_IMAGE, VLLM_IMAGE, VLLM_VERSION
 
 __all__ = [
@@ -290,7 +290,7 @@ def _check_fixed_kv(d: Draft, gpus: dict[int, Gpu]) -> list[str]:
                 f"context: {fits // 1024 * 1024}" if fits >= 1024 else "",
                 "raise gpu_memory_utilization or set it to auto",
                 "kv_cache_dtype: fp8" if dtype_bytes(d.spec.kv_cache_dtype) == 2 else "",
-                fewer_seqs(
+                smaller_batch(
                     d,
                     [gpus[g] for g in d.gpus],
                     lambda n: budget - n.fixed >= n.kv_for(d.min_tokens),

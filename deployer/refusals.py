@@ -109,7 +109,7 @@ def fixes_for(
                 fixes.append(f"{d.spec.name}: kv_cache_dtype: fp8")
         fixes.append(_smaller_model(d, gpu, avail, catalog))
         gpus = [inventory.by_index(i) for i in d.gpus]
-        fixes.append(fewer_seqs(d, gpus, _fits_in(gpu, d, avail)))
+        fixes.append(smaller_batch(d, gpus, _fits_in(gpu, d, avail)))
     return fixes
 
 
@@ -123,29 +123,54 @@ def _fits_in(gpu: Gpu, d: Draft, avail: int) -> Callable[[Need], bool]:
     return fits
 
 
-def fewer_seqs(d: Draft, gpus: list[Gpu], fits: Callable[[Need], bool]) -> str:
-    """A profile's large max_num_seqs sizes vLLM's sampler warm-up, penalty buffers, CUDA
-    graphs and (through max_num_batched_tokens) activations: the largest value that fits, where
-    lowering it is what makes the service fit; "" otherwise."""
-    if d.spec.max_num_seqs is None or d.seqs <= 1 or not fits(_need_at(d, 1, gpus)):
-        return ""
-    low, high = 1, d.seqs - 1  # fits(low); the largest that fits is in [low, high]
+def smaller_batch(d: Draft, gpus: list[Gpu], fits: Callable[[Need], bool]) -> str:
+    """The profile's own max_num_seqs sizes vLLM's sampler warm-up, penalty buffers and CUDA
+    graphs; its max_num_batched_tokens the activations of the profile run. The fix is the
+    largest value of the one the profile set that fits, where lowering it alone is what makes
+    the service fit; "" otherwise."""
+    if d.spec.max_num_seqs is not None:
+        seqs = _largest(1, d.seqs - 1, lambda n: fits(_need_with(d, gpus, seqs=n)))
+        if seqs:
+            seqs = seqs // 16 * 16 or seqs
+            return f"{d.spec.name}: lower max_num_seqs to {seqs} or less (it is {d.seqs})"
+    if d.spec.max_num_batched_tokens is not None:
+        # vLLM refuses fewer batched tokens than max_num_seqs (drafts.batch_settings).
+        batched = _largest(d.seqs, d.batched - 1, lambda n: fits(_need_with(d, gpus, batched=n)))
+        if batched:
+            batched = max(d.seqs, batched // 256 * 256)
+            return (
+                f"{d.spec.name}: lower max_num_batched_tokens to {batched} or less "
+                f"(it is {d.batched})"
+            )
+    return ""
+
+
+def _largest(low: int, high: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [low, high] that fits (fits only grows false with n), or 0."""
+    if high < low or not fits(low):
+        return 0
     while low < high:
         mid = (low + high + 1) // 2
-        if fits(_need_at(d, mid, gpus)):
+        if fits(mid):
             low = mid
         else:
             high = mid - 1
-    seqs = low // 16 * 16 if low >= 16 else low
-    return f"{d.spec.name}: lower max_num_seqs to {seqs} or less (it is {d.seqs})"
+    return low
 
 
-def _need_at(d: Draft, seqs: int, gpus: list[Gpu]) -> Need:
-    spec = dataclasses.replace(d.spec, max_num_seqs=seqs)
-    seqs, batched = batch_settings(spec, gpus, d.spec.name)
+def _need_with(
+    d: Draft, gpus: list[Gpu], seqs: int | None = None, batched: int | None = None
+) -> Need:
+    """The draft's need were its profile's max_num_seqs or max_num_batched_tokens these."""
+    spec = dataclasses.replace(
+        d.spec,
+        max_num_seqs=seqs or d.spec.max_num_seqs,
+        max_num_batched_tokens=batched or d.spec.max_num_batched_tokens,
+    )
+    new_seqs, new_batched = batch_settings(spec, gpus, d.spec.name)
     capability = min(g.capability for g in gpus)
     kv_dtype, eager = d.spec.kv_cache_dtype, d.spec.enforce_eager
-    return need(d.ckpt, d.tp, kv_dtype, seqs, batched, eager, capability, d.accounting)
+    return need(d.ckpt, d.tp, kv_dtype, new_seqs, new_batched, eager, capability, d.accounting)
 
 
 def _smaller_model(d: Draft, gpu: Gpu, avail: int, catalog: Catalog) -> str:
