@@ -850,6 +850,10 @@ CASES: tuple[Case, ...] = (
          ExitCode.PLAN, "mini: lower max_num_seqs to 2048 or less (it is 65536)",
          "lower max_num_seqs to the value the fix names",
          setup=profile(mini={"max_num_seqs": 65536})),
+    Case("max-num-batched-tokens-huge", "`max_num_batched_tokens: 1048576` (activations for it)",
+         UP, ExitCode.PLAN, "mini: lower max_num_batched_tokens to 52736 or less (it is 1048576)",
+         "lower max_num_batched_tokens to the value the fix names",
+         setup=profile(mini={"max_num_batched_tokens": 1048576})),
 )  # fmt: skip
 
 
