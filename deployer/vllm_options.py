@@ -98,6 +98,8 @@ def check_extra_args(args: list[str], where: str) -> str | None:
     """The first problem with these `vllm serve` arguments, or None."""
     if len(args) > MAX_EXTRA_ARGS:
         return f"{where}: {len(args)} arguments, at most {MAX_EXTRA_ARGS}"
+    if not args:  # most services: no need to read the option table
+        return None
     options = serve_options()
     expecting: ServeOption | None = None
     for position, arg in enumerate(args):
