@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +175,8 @@ class DeployGroup(click.Group):
     ) -> None:
         obj = ctx.find_object(AppContext)
         if obj is not None and obj.debug:
+            import traceback
+
             traceback.print_exc()
         if ctx.meta.get("qwen_deploy.json"):
             print_json_error(text or message.removeprefix("error: "), hint, int(code))
