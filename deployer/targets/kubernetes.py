@@ -8,7 +8,8 @@ Service named `vllm` would inject VLLM_PORT=tcp://... and vLLM refuses to start)
 memory emptyDir sized from tensor parallelism, a start-up probe budget predicted from the plan,
 and a grace period long enough to finish a generation. Keys never appear in a manifest: the
 kustomization generates the Secret from `secrets.env` (mode 0600, the deployment's keys) and
-pods read it with secretKeyRef.
+pods read it with secretKeyRef. The gateway, when the plan has one, is one more Deployment and
+Service without a GPU (`kubernetes_gateway.py`).
 """
 
 from __future__ import annotations
@@ -23,17 +24,14 @@ from typing import Any
 import yaml
 
 from deployer.errors import TargetUnsupported
+from deployer.gateway.config import GATEWAY_SERVICE, plan_gateway
 from deployer.plan import AuthMode, DeploymentPlan, ServicePlan
-from deployer.spec import (
-    HF_CACHE_VOLUME,
-    STANDIN_LEDGER_VOLUME,
-    START_GATE,
-    ContainerSpec,
-    container_specs,
-)
+from deployer.spec import HF_CACHE_VOLUME, STANDIN_LEDGER_VOLUME, START_GATE, ContainerSpec
 from deployer.targets import kubernetes_checks as checks
+from deployer.targets import kubernetes_gateway as kgateway
 from deployer.targets import kubernetes_gpu as gpu
 from deployer.targets import sizing
+from deployer.targets.node_specs import tier_specs
 from deployer.vllm_pin import HF_CACHE_IN_CONTAINER
 
 KUBERNETES_DIR = "kubernetes"
@@ -93,6 +91,9 @@ class _Names:
 
     def api_keys(self) -> str:
         return object_name(self.prefix, "api-keys")
+
+    def gateway(self) -> str:
+        return object_name(self.prefix, GATEWAY_SERVICE)
 
     def hf_token(self) -> str:
         return object_name(self.prefix, "hf-token")
@@ -326,19 +327,22 @@ def _caches(
 
 
 def _gateway_objects(plan: DeploymentPlan, names: _Names) -> list[dict[str, Any]]:
-    """Hook for the gateway (deployer/gateway): one more Deployment and Service once the plan
-    carries a `gateway` section (`gateway.config.plan_gateway`). Its container runs
-    `python -m deployer.gateway --plan plan.json --upstream network`, which reaches tiers at
-    http://<tier>:8000; here that needs the tiers' Service names (`names.tier`) passed as its
-    upstream URLs, an image with qwen-deploy in it, plan.json as a ConfigMap and the gateway
-    keys in secrets.env. Plans without a gateway render none."""
-    if getattr(plan, "gateway", None) is not None:
-        raise TargetUnsupported(
-            "the plan has a gateway, which the Kubernetes target does not render yet",
-            hint="render without the profile's gateway section and run `qwen-deploy gateway "
-            "serve` beside the cluster, or deploy with --target compose",
-        )
-    return []
+    """The gateway's Deployment and Service when the plan has one, reaching each tier at its
+    Service's name and port."""
+    gateway = plan_gateway(plan)
+    if gateway is None:
+        return []
+    return kgateway.gateway_objects(
+        plan,
+        gateway,
+        name=names.gateway(),
+        tier_urls={s.name: f"http://{names.tier(s)}:{s.port}" for s in plan.services},
+        keys_secret=names.api_keys(),
+        labels=_labels(plan, GATEWAY_SERVICE),
+        selector={
+            k: v for k, v in _labels(plan, GATEWAY_SERVICE).items() if not k.endswith("managed-by")
+        },
+    )
 
 
 def _check_names(objects: list[dict[str, Any]]) -> None:
@@ -365,7 +369,7 @@ def kubernetes_objects(
             hint="use --model-cache pvc or --model-cache /srv/hf-cache",
         )
     names = _Names(plan)
-    specs = container_specs(plan, f"/{KUBERNETES_DIR}")
+    specs = tier_specs(plan, f"/{KUBERNETES_DIR}")
     objects: list[dict[str, Any]] = []
     for key in gpu.shared(plan):
         objects.append(
@@ -420,6 +424,12 @@ def _secrets_env(plan: DeploymentPlan, api_keys: Mapping[str, str]) -> str | Non
         if key is None:
             raise ValueError(f"no API key for service {service.name!r} ({service.api_key_env})")
         lines.append(f"{service.api_key_env}={key}")
+    gateway = plan_gateway(plan)
+    for gateway_key in gateway.keys if gateway else ():
+        value = api_keys.get(gateway_key.env_var)
+        if not value:
+            raise ValueError(f"no secret for gateway key {gateway_key.name!r}")
+        lines.append(f"{gateway_key.env_var}={value}")
     if not lines:
         return None
     return "# API keys; kustomize makes the Secret from this file. Keep it private (0600).\n" + (
@@ -442,6 +452,8 @@ def render_kubernetes(
     options = options or KubernetesOptions()
     objects = kubernetes_objects(plan, options)
     requirements = gpu.cluster_requirements(plan)
+    if plan_gateway(plan) is not None:
+        requirements += kgateway.requirements(plan)
     header = [
         f"{GENERATED_MARK[2:]} from profile {plan.profile} ({plan.profile_source}).",
         "Edit the profile, not this file: `render --target kubernetes` writes it again.",

@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from deployer.gateway.spec import GATEWAY_SERVICE as GATEWAY
 from deployer.memory_model import requested_bytes
 from deployer.plan import DeploymentPlan
 from deployer.planner import usable_room_bytes
@@ -20,6 +21,13 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 
 def _deployments(manifests: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [m for m in manifests if m["kind"] == "Deployment"]
+
+
+def _tier_deployments(manifests: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tiers' Deployments: not the gateway's (no GPU, no vLLM, no start-up probe)."""
+    return [
+        m for m in _deployments(manifests) if m["metadata"]["labels"][COMPONENT_LABEL] != GATEWAY
+    ]
 
 
 def _pod(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +104,7 @@ def shared_gpu_problems(
     fractions: dict[str, float] = {}
     by_claim: dict[str, list[str]] = {}
     problems = []
-    for deployment in _deployments(manifests):
+    for deployment in _tier_deployments(manifests):
         tier = deployment["metadata"]["labels"][COMPONENT_LABEL]
         args = _pod(deployment)["containers"][0]["args"]
         fractions[tier] = float(_flag(args, "--gpu-memory-utilization") or "nan")
@@ -144,7 +152,7 @@ def secret_problems(files: Mapping[str, str], secrets: Iterable[str]) -> list[st
 def probe_problems(plan: DeploymentPlan, manifests: Iterable[dict[str, Any]]) -> list[str]:
     """Every tier's start-up probe waits at least the start-up time predicted for it."""
     problems = []
-    for deployment in _deployments(manifests):
+    for deployment in _tier_deployments(manifests):
         tier = deployment["metadata"]["labels"][COMPONENT_LABEL]
         probe = _pod(deployment)["containers"][0]["startupProbe"]
         waits = (

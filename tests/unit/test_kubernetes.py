@@ -33,7 +33,11 @@ PROFILES = sorted(p.name for p in load_all_profiles(PROFILES_DIR))
 
 
 def keys_for(result: DeploymentPlan) -> dict[str, str]:
-    return {s.api_key_env: f"sk-{s.name}-0123456789abcdef" for s in result.services}
+    """The tiers' keys, and the gateway's clients' keys when the plan has a gateway."""
+    keys = {s.api_key_env: f"sk-{s.name}-0123456789abcdef" for s in result.services}
+    for key in result.gateway.keys if result.gateway else ():
+        keys[key.env_var] = f"gw-{key.name}-0123456789abcdef"
+    return keys
 
 
 def _combos(catalog: Catalog) -> tuple[tuple[str, str, str], ...]:

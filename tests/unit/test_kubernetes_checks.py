@@ -35,9 +35,16 @@ from tests.helpers import GPU_FILES, inventory
 BOX = str(GPU_FILES / "3x-rtx4090.json")
 
 
+def keys_for(result: DeploymentPlan) -> dict[str, str]:
+    keys = {s.api_key_env: f"sk-{s.name}-0123456789abcdef" for s in result.services}
+    for key in result.gateway.keys if result.gateway else ():
+        keys[key.env_var] = f"gw-{key.name}-0123456789abcdef"
+    return keys
+
+
 def _tri_tier(catalog: Catalog) -> tuple[DeploymentPlan, KubernetesRender, dict[str, str]]:
     result = plan(inventory("3x-rtx4090"), load_profile("tri-tier"), catalog, PlanOptions())
-    keys = {s.api_key_env: f"sk-{s.name}-0123456789abcdef" for s in result.services}
+    keys = keys_for(result)
     return result, render_kubernetes(result, keys), keys
 
 
@@ -144,7 +151,7 @@ def test_kustomize_builds_the_directory_and_wires_the_generated_secret(
     assert secret["metadata"]["name"].startswith("qwen3-api-keys-")  # content-hash suffix
     assert set(secret["data"]) == set(keys)
     for doc in docs:
-        if doc["kind"] == "Deployment":
+        if doc["kind"] == "Deployment" and not doc["metadata"]["name"].endswith("-gateway"):
             refs = [
                 e["valueFrom"]["secretKeyRef"]["name"]
                 for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]
