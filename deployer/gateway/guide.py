@@ -53,8 +53,10 @@ def gateway_entry(
         ),
         "curl_utf8_file": (
             "# Non-ASCII text (accents): send a UTF-8 file, never text a shell may re-encode\n"
-            f'printf \'%s\' \'{{"model": "{first}", "messages": [{{"role": "user", '
-            f'"content": "{ACCENTED_PROMPT}"}}]}}\' > question.json\n'
+            "cat > question.json <<'EOF'\n"  # a quoted heredoc: the prompt's ' needs no escape
+            f'{{"model": "{first}", "messages": [{{"role": "user", '
+            f'"content": "{ACCENTED_PROMPT}"}}]}}\n'
+            "EOF\n"
             f"curl -s {url}/v1/chat/completions {auth} \\\n"
             "  -H 'Content-Type: application/json' --data-binary @question.json\n"
         ),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -25,7 +27,9 @@ def _gateway_up(deployment: Deployment) -> int:
     return port
 
 
-def test_up_starts_the_gateway_after_the_tiers_and_verifies_it(deployment: Deployment) -> None:
+def test_up_starts_the_gateway_after_the_tiers_and_verifies_it(
+    deployment: Deployment, tmp_path: Path
+) -> None:
     port = _gateway_up(deployment)
     containers = deployment.containers()
     assert set(containers) == {"medium", "mini", "micro", "gateway"}
@@ -75,6 +79,16 @@ def test_up_starts_the_gateway_after_the_tiers_and_verifies_it(deployment: Deplo
     assert guide.exit_code == 0, guide.output
     entry = json.loads(guide.stdout)["gateway"]
     assert entry["url"] == f"http://127.0.0.1:{port}" and entry["api_key"] == app_key
+    # The guide's shell examples work as printed, the key read from .env as the guide says.
+    masked = deployment.cli("endpoints", "--json")  # keys masked: examples use $VARIABLES
+    examples = json.loads(masked.stdout)["gateway"]["examples"]
+    for name in ("curl_chat", "curl_utf8_file", "curl_models"):
+        script = f"set -a; . {env_file}; set +a\n{examples[name]}"
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        assert {"choices", "data"} & set(json.loads(done.stdout)), (name, done.stdout)
     text = deployment.cli("endpoints")
     assert text.stdout.index("Gateway") < text.stdout.index("Tiers, directly")
 
