@@ -93,7 +93,7 @@ def test_a_slow_tier_gets_504_after_the_first_byte_timeout(deployment: Deploymen
 def test_idle_streams_get_keepalive_comments(deployment: Deployment) -> None:
     mini = deployment.tiers["mini"]
     mini.stop()
-    mini.start(STANDIN_TOKENS_PER_SECOND="2.5")  # 0.4 s between tokens, above keepalive_s
+    mini.start(STANDIN_TOKENS_PER_SECOND="1")  # 1 s between tokens: 3x keepalive_s, < idle
     wait_state(deployment, "mini", "ready")
     with stream(deployment, "mini", 4) as answer:
         raw = b"".join(answer.iter_content(chunk_size=None))
