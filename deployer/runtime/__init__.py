@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from deployer.runtime.convergence import Action, converge_actions
     from deployer.runtime.down import DownResult, down
     from deployer.runtime.engine_errors import docker_errors
+    from deployer.runtime.environment import runtime_env
     from deployer.runtime.logs import logs
     from deployer.runtime.observed import Observed, observe
     from deployer.runtime.operations import (
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
         UpRequest,
         UpResult,
         restart_deployment,
-        runtime_env,
         up,
         up_dry_run,
     )
@@ -77,6 +77,7 @@ _EXPORTS: dict[str, str] = {
     "DownResult": "down",
     "down": "down",
     "docker_errors": "engine_errors",
+    "runtime_env": "environment",
     "logs": "logs",
     "Observed": "observed",
     "observe": "observed",
@@ -84,7 +85,6 @@ _EXPORTS: dict[str, str] = {
     "UpRequest": "operations",
     "UpResult": "operations",
     "restart_deployment": "operations",
-    "runtime_env": "operations",
     "up": "operations",
     "up_dry_run": "operations",
     "MemoryProbe": "preflight",

@@ -16,23 +16,14 @@ from deployer.gateway.spec import GATEWAY_SERVICE
 from deployer.plan import DeploymentPlan
 from deployer.profiles import Profile
 from deployer.runtime.convergence import Action
+from deployer.runtime.environment import runtime_env
 from deployer.runtime.preflight import MemoryProbe, plan_actions, preflight
 from deployer.runtime.progress import ProgressCallback
 from deployer.runtime.results import ApplyResult
-from deployer.runtime.states import ActionKind
 from deployer.runtime.start import StartOptions, apply_with, restart_with
 from deployer.runtime.startup_record import record_startup
+from deployer.runtime.states import ActionKind
 from deployer.spec import ContainerSpec, container_specs, deployment_specs
-
-
-def runtime_env(keys: Mapping[str, str], hf_token: str | None = None) -> dict[str, str]:
-    """What containers get besides their spec: the .env keys and HF_TOKEN (from --hf-token-file,
-    else the environment). The token goes to the containers only, never into a file."""
-    env = dict(keys)
-    token = hf_token or os.environ.get("HF_TOKEN")
-    if token:
-        env["HF_TOKEN"] = token
-    return env
 
 
 @dataclass(frozen=True)

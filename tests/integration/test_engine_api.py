@@ -11,6 +11,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from deployer.spec import LABEL_ENGINE, LABEL_ONEOFF, LABEL_PROJECT, LABEL_SERVI
 from deployer.vllm_pin import STANDIN_IMAGE
 
 pytestmark = pytest.mark.integration
+GPUS_FILE = Path(__file__).parents[1] / "fixtures" / "gpus" / "3x-rtx4090.json"
 
 
 @pytest.fixture
@@ -103,10 +105,11 @@ def test_its_errors_are_the_sdks_deploy_errors(tmp_path: Any) -> None:
         gone.list_containers({})
 
 
-def test_status_on_the_engine_imports_no_docker_sdk(project: str, tmp_path: Any) -> None:
+def status_json(home: Any, deployment: str) -> tuple[dict[str, Any], set[str]]:
+    """`status --json` in a fresh interpreter: its document and the modules it imported."""
     script = (
         "import json, sys\nfrom deployer.cli.main import cli\n"
-        f"args = ['--home', {str(tmp_path)!r}, '-d', {project!r}, 'status', '--json']\n"
+        f"args = ['--home', {str(home)!r}, '-d', {deployment!r}, 'status', '--json']\n"
         "try:\n    cli(args, prog_name='qwen-deploy')\nexcept SystemExit as exc:\n"
         "    assert exc.code in (0, None), exc.code\n"
         "print('\\x00' + json.dumps(sorted(sys.modules)))"
@@ -115,8 +118,22 @@ def test_status_on_the_engine_imports_no_docker_sdk(project: str, tmp_path: Any)
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     text, _, modules = done.stdout.rpartition("\x00")
-    rows = {r["service"]: r for r in json.loads(text)["services"]}
+    return json.loads(text), set(json.loads(modules))
+
+
+def test_status_on_the_engine_imports_no_docker_sdk(project: str, tmp_path: Any) -> None:
+    document, modules = status_json(tmp_path, project)
+    rows = {r["service"]: r for r in document["services"]}
     assert {s: (r["state"], r["foreign"]) for s, r in rows.items()} == {
         "db": ("running", True), "micro": ("exited", False), "mini": ("running", False),
     }  # fmt: skip
-    assert not {m for m in json.loads(modules) if m.split(".")[0] in ("docker", "requests")}
+    assert not {m for m in modules if m.split(".")[0] in ("docker", "requests")}
+    # A rendered deployment: the plan's specs hashed with the containers' environment.
+    render = ["--home", str(tmp_path), "-d", project, "render", "-p", "tri-tier",
+              "--gpus-file", str(GPUS_FILE)]  # fmt: skip
+    subprocess.run([sys.executable, "-m", "deployer.cli.main", *render], check=True)
+    document, modules = status_json(tmp_path, project)
+    rows = {r["service"]: r for r in document["services"]}
+    assert rows["mini"]["in_plan"] and rows["mini"]["up_to_date"] is False
+    assert rows["medium"]["state"] == "missing"
+    assert not {m for m in modules if m.split(".")[0] in ("docker", "requests")}

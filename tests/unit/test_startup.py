@@ -160,24 +160,35 @@ def test_the_console_script_is_the_entry_function() -> None:
     assert 'qwen-deploy = "deployer.cli.entry:main"' in pyproject
 
 
-def test_status_builds_no_docker_sdk_client(tmp_path: Path) -> None:
-    """`status` reads containers through deployer.runtime.engine_api (the SDK, requests and
-    urllib3 were most of its start-up). Here no engine listens: the same error, no SDK."""
+def status_modules(home: Path) -> list[str]:
+    """The modules `status` imported, where no engine listens: it fails as before, exit 6."""
     script = (
         "import json, sys\nfrom deployer.cli.main import cli\n"
-        f"try:\n    cli(['--home', {str(tmp_path)!r}, 'status'], prog_name='qwen-deploy')\n"
+        f"try:\n    cli(['--home', {str(home)!r}, 'status'], prog_name='qwen-deploy')\n"
         "except SystemExit as exc:\n    code = exc.code\n"
         "print(json.dumps([code, sorted(sys.modules)]))"
     )
-    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    env = {**os.environ, "DOCKER_HOST": f"unix://{home}/no-engine.sock"}
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env
     )
     code, modules = json.loads(done.stdout.splitlines()[-1])
     assert code == 6 and "cannot reach the Docker engine" in done.stderr
-    assert "deployer.runtime.engine_api" in modules
-    assert not {m for m in modules if m.split(".")[0] in (*HEAVY, "urllib3")}
-    assert not {"http.client", "ssl"} & set(modules)  # what a stdlib HTTP client would cost
+    return list(modules)
+
+
+def test_status_builds_no_docker_sdk_client(tmp_path: Path) -> None:
+    """`status` reads containers through deployer.runtime.engine_api (the SDK, requests and
+    urllib3 were most of its start-up), with a deployment directory or without one."""
+    render = ("--home", str(tmp_path), "render", "-p", "tri-tier", "--gpus-file", str(GPUS_FILE))
+    for rendered in (False, True):
+        if rendered:
+            subprocess.run([sys.executable, "-c", run_cli(*render)], cwd=ROOT, check=True)
+        modules = status_modules(tmp_path)
+        assert "deployer.runtime.engine_api" in modules
+        assert (tmp_path / "qwen3" / "plan.json").is_file() == rendered
+        assert not {m for m in modules if m.split(".")[0] in (*HEAVY, "urllib3")}, rendered
+        assert not {"http.client", "ssl"} & set(modules)  # what a stdlib HTTP client costs
 
 
 def test_the_runtime_package_loads_each_name_from_its_module() -> None:
