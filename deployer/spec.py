@@ -175,16 +175,18 @@ def container_specs(plan: DeploymentPlan, deployment_dir: str) -> tuple[Containe
         environment: dict[str, str] = dict(service.environment)
         volumes = [(HF_CACHE_VOLUME, HF_CACHE_IN_CONTAINER)]
         if plan.engine == "stand-in":
-            # The stand-in keeps a per-GPU memory ledger shared by every stand-in on the host.
+            # The stand-in keeps a per-GPU memory ledger shared by every stand-in on the host:
+            # its own node's GPUs in a several-box plan.
+            box = next((n.gpus for n in plan.nodes if n.name == service.node), plan.gpus)
             environment["STANDIN_GPU_TOTAL_MIB"] = ",".join(
-                f"{g.index}:{g.memory_total_mib}" for g in plan.gpus
+                f"{g.index}:{g.memory_total_mib}" for g in box
             )
             environment["STANDIN_GPU_FOREIGN_MIB"] = ",".join(
-                f"{g.index}:{g.memory_used_mib}" for g in plan.gpus
+                f"{g.index}:{g.memory_used_mib}" for g in box
             )
             # vLLM's total leaves NVML's reserved memory out; the stand-in does too.
             environment["STANDIN_GPU_RESERVED_MIB"] = ",".join(
-                f"{g.index}:{reserved_mib(g)}" for g in plan.gpus
+                f"{g.index}:{reserved_mib(g)}" for g in box
             )
             environment["STANDIN_LEDGER_DIR"] = STANDIN_LEDGER_DIR
             volumes.append((STANDIN_LEDGER_VOLUME, STANDIN_LEDGER_DIR))

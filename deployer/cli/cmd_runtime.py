@@ -151,7 +151,7 @@ def up(
     from deployer.hostnet import check_binds_here
 
     check_binds_here(plan)  # before anything is written or created (D10)
-    runtime = runtime_for(app, target, engine, skip_gpu_check)
+    runtime = runtime_for(app, target, engine, skip_gpu_check, plan=plan)
     request = runtime.UpRequest(
         directory=app.deployment_dir,
         profile=planned.profile,

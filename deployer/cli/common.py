@@ -58,9 +58,9 @@ class AppContext:
 pass_app = click.make_pass_decorator(AppContext)
 
 
-# One box: a path. Several (plan, render): one NODE=FILE per node, named after the node.
+# One box: a path. Several (plan, render, up): one NODE=FILE per node, named after the node.
 GpusFiles = Path | tuple[tuple[str, Path], ...] | None
-SEVERAL_BOX_COMMANDS = ("plan", "render")
+SEVERAL_BOX_COMMANDS = ("plan", "render", "up")  # up: with --target swarm
 
 
 class _GpusFile(click.types.StringParamType):
@@ -75,7 +75,8 @@ def _gpus_files(ctx: click.Context, param: click.Parameter, values: tuple[str, .
         return Path(values[0])
     if ctx.info_name not in SEVERAL_BOX_COMMANDS:
         raise click.BadParameter(
-            "one file only here; several (NODE=FILE, one per node) work with `plan` and `render`",
+            "one file only here; several (NODE=FILE, one per node) work with `plan` and `render`, "
+            "and with `up --target swarm`",
             ctx,
             param,
         )

@@ -158,7 +158,8 @@ def runtime_for(
     chosen = up_target(app, target, engine, skip_gpu_check)
     if plan is not None and plan.nodes and chosen != Target.SWARM:
         raise TargetUnsupported(
-            f"a plan over {len(plan.nodes)} nodes cannot run on one Docker engine ({chosen})",
+            f"a plan placed on named nodes ({', '.join(plan.node_names())}) cannot run on "
+            f"one Docker engine ({chosen})",
             hint="deploy it with `up --target swarm` (each node a member of the swarm), or "
             "render it with `render --target kubernetes`",
         )

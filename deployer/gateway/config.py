@@ -59,6 +59,7 @@ class Tier:
     startup_timeout_s: int
     sleep_mode: bool
     reasoning: bool
+    node: str | None = None  # a several-box plan's node: GPU ids are per node
 
     def names(self) -> tuple[str, ...]:
         return (self.name, self.served_model_name, *self.aliases)
@@ -124,13 +125,16 @@ class _Placed(Protocol):
     def gpus(self) -> tuple[int, ...]: ...
     @property
     def max_num_seqs(self) -> int: ...
+    @property
+    def node(self) -> str | None: ...
 
 
 def gpu_groups(services: Iterable[_Placed], cap: int | None = None) -> tuple[GpuGroup, ...]:
-    """Connected components of tiers by shared GPU ids, in plan order."""
-    groups: list[tuple[set[int], list[_Placed]]] = []
+    """Connected components of tiers by shared GPUs (a GPU is its node and index), in plan
+    order."""
+    groups: list[tuple[set[tuple[str, int]], list[_Placed]]] = []
     for service in services:
-        merged_gpus, merged = set(service.gpus), [service]
+        merged_gpus, merged = {(service.node or "", g) for g in service.gpus}, [service]
         rest = []
         for gpus, members in groups:
             if gpus & merged_gpus:
@@ -140,11 +144,13 @@ def gpu_groups(services: Iterable[_Placed], cap: int | None = None) -> tuple[Gpu
                 rest.append((gpus, members))
         groups = [*rest, (merged_gpus, merged)]
     out = []
-    for gpus, members in sorted(groups, key=lambda g: min(g[0]) if g[0] else -1):
-        ids = tuple(sorted(gpus))
+    for gpus, members in sorted(groups, key=lambda g: min(g[0]) if g[0] else ("", -1)):
+        ids = tuple(sorted(g for _, g in gpus))
+        node = members[0].node
+        name = "gpu" + "+".join(str(g) for g in ids) if ids else "cpu"
         out.append(
             GpuGroup(
-                name="gpu" + "+".join(str(g) for g in ids) if ids else "cpu",
+                name=f"{node}/{name}" if node else name,
                 gpus=ids,
                 tiers=tuple(m.name for m in members),
                 cap=cap or max(m.max_num_seqs for m in members),
@@ -210,6 +216,7 @@ def public_config(
                 "startup_timeout_s": s.startup_timeout_s,
                 "sleep_mode": SLEEP_MODE_FLAG in s.extra_args,
                 "reasoning": s.reasoning_parser is not None,
+                **({"node": s.node} if s.node is not None else {}),
             }
             for s in plan.services
         ],
@@ -244,6 +251,7 @@ def config_from_public(doc: Mapping[str, Any], secrets: Mapping[str, str]) -> Ga
                 startup_timeout_s=int(raw["startup_timeout_s"]),
                 sleep_mode=bool(raw["sleep_mode"]),
                 reasoning=bool(raw["reasoning"]),
+                node=raw.get("node"),
             )
         )
     groups = gpu_groups(tiers, limits.gpu_inflight)

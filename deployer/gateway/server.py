@@ -19,6 +19,7 @@ from deployer.gateway.config import (
     plan_gateway,
     resolve_gateway_keys,
 )
+from deployer.gateway.spec import CONFIG_ENV
 from deployer.safeload import load_json
 from deployer.statefs import os_errors, read_private, replace_together
 
@@ -78,9 +79,6 @@ def _deployment_of(path: Path, name: str, origin: str) -> DeploymentDir:
             hint=f"name DIR/{name} of the deployment (`qwen-deploy render` writes it)",
         )
     return DeploymentDir(path.absolute().parent)
-
-
-CONFIG_ENV = "QWEN_DEPLOY_GATEWAY"  # the public config as JSON, in the gateway's container
 
 
 def config_from_environment(environ: Mapping[str, str], var: str = CONFIG_ENV) -> GatewayConfig:

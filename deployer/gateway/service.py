@@ -16,7 +16,7 @@ from deployer.gateway.config import (
     public_config,
     secret_vars,
 )
-from deployer.gateway.server import CONFIG_ENV
+from deployer.gateway.spec import CONFIG_ENV, GATEWAY_MODEL
 from deployer.plan import DeploymentPlan
 from deployer.spec import (
     LABEL_CONFIG_FILES,
@@ -39,7 +39,7 @@ from deployer.spec import (
     project_name,
 )
 
-GATEWAY_MODEL_LABEL = "qwen-deploy gateway"
+GATEWAY_MODEL_LABEL = GATEWAY_MODEL
 START_PERIOD_S = 30
 
 

@@ -14,6 +14,8 @@ from deployer.errors import ProfileError
 DEFAULT_PORT = 19100  # seed 004's port
 GATEWAY_KEY_VAR_PREFIX = "QWEN_DEPLOY_GATEWAY_KEY_"
 GATEWAY_SERVICE = "gateway"
+GATEWAY_MODEL = "qwen-deploy gateway"  # what `status` shows in its MODEL column
+CONFIG_ENV = "QWEN_DEPLOY_GATEWAY"  # the public config as JSON, in the gateway's container
 KEY_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 

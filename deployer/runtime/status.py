@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from deployer.gateway.spec import GATEWAY_SERVICE
+from deployer.gateway.spec import GATEWAY_MODEL, GATEWAY_SERVICE
 from deployer.runtime.observed import Observed, foreign, observe
 from deployer.runtime.states import ContainerState
 from deployer.spec import LABEL_GPUS, LABEL_MODEL, LABEL_PORT
@@ -114,7 +114,9 @@ def status_rows(
     if plan is not None and plan.gateway is not None:  # a service too, with no GPU of its own
         name = GATEWAY_SERVICE
         found = by_service.pop(name, None)
-        rows.append(_status_row(name, found, None, hashes.get(name), verify, now, in_plan=True))
+        row = _status_row(name, found, None, hashes.get(name), verify, now, in_plan=True)
+        # What the plan says, also when its container is missing: no GPU, its own port.
+        rows.append(replace(row, model=GATEWAY_MODEL, gpus="", port=plan.gateway.port))
     for name, found in sorted(by_service.items()):
         rows.append(_status_row(name, found, None, None, verify, now, in_plan=plan is None))
     return rows

@@ -15,8 +15,8 @@ from typing import Any
 
 from deployer.gateway import images
 from deployer.gateway.config import GatewaySpec, public_config
-from deployer.gateway.server import CONFIG_ENV
 from deployer.gateway.service import gateway_container_spec
+from deployer.gateway.spec import CONFIG_ENV
 from deployer.plan import DeploymentPlan
 from deployer.targets import sizing
 

@@ -65,6 +65,28 @@ def test_groups_merge_transitively(tri_tier: DeploymentPlan) -> None:
     ]
 
 
+
+def test_the_same_gpu_index_on_two_nodes_is_two_gpus(tri_tier: DeploymentPlan) -> None:
+    """A several-box plan numbers GPUs per node: GPU 0 of box a and of box b are not shared."""
+    from dataclasses import replace
+
+    a, b, c = tri_tier.services
+    services = [
+        replace(a, gpus=(0,), node="box-a"),
+        replace(b, gpus=(0,), node="box-b"),
+        replace(c, gpus=(0,), node="box-b"),
+    ]
+    groups = gpu_groups(services, cap=3)
+    assert [(g.name, set(g.tiers)) for g in groups] == [
+        ("box-a/gpu0", {a.name}),
+        ("box-b/gpu0", {b.name, c.name}),
+    ]
+    plan_b = replace(tri_tier, services=tuple(services))
+    spec = GatewaySpec()
+    config = build_config(plan_b, spec, secrets_for(plan_b, spec), upstream="network")
+    assert config.tier(b.name).node == "box-b"
+    assert config.group_of(b.name) == config.group_of(c.name) != config.group_of(a.name)
+
 def test_section_parses_keys_limits_and_fallback() -> None:
     spec = parse_gateway_section(
         {

@@ -17,8 +17,8 @@ from deployer.gateway.config import (
     public_config,
     resolve_gateway_keys,
 )
-from deployer.gateway.server import CONFIG_ENV
 from deployer.gateway.service import gateway_container_spec
+from deployer.gateway.spec import CONFIG_ENV
 from deployer.plan import DeploymentPlan
 from deployer.planner import plan
 from deployer.profiles import load_profile

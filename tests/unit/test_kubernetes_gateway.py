@@ -14,7 +14,7 @@ import yaml
 from deployer.catalog import Catalog
 from deployer.gateway import images
 from deployer.gateway.config import GatewaySpec, KeySpec, config_from_public
-from deployer.gateway.server import CONFIG_ENV
+from deployer.gateway.spec import CONFIG_ENV
 from deployer.multibox import plan_boxes
 from deployer.plan import DeploymentPlan
 from deployer.planner import PlanOptions, plan

@@ -14,7 +14,7 @@ from deployer.catalog import Catalog
 from deployer.errors import DeployFailed, TargetUnsupported
 from deployer.gateway import images
 from deployer.gateway.config import GatewaySpec, KeySpec
-from deployer.gateway.server import CONFIG_ENV
+from deployer.gateway.spec import CONFIG_ENV
 from deployer.plan import DeploymentPlan
 from deployer.planner import PlanOptions, plan
 from deployer.profiles import load_profile
