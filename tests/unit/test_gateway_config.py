@@ -65,7 +65,6 @@ def test_groups_merge_transitively(tri_tier: DeploymentPlan) -> None:
     ]
 
 
-
 def test_the_same_gpu_index_on_two_nodes_is_two_gpus(tri_tier: DeploymentPlan) -> None:
     """A several-box plan numbers GPUs per node: GPU 0 of box a and of box b are not shared."""
     from dataclasses import replace
@@ -86,6 +85,7 @@ def test_the_same_gpu_index_on_two_nodes_is_two_gpus(tri_tier: DeploymentPlan) -
     config = build_config(plan_b, spec, secrets_for(plan_b, spec), upstream="network")
     assert config.tier(b.name).node == "box-b"
     assert config.group_of(b.name) == config.group_of(c.name) != config.group_of(a.name)
+
 
 def test_section_parses_keys_limits_and_fallback() -> None:
     spec = parse_gateway_section(

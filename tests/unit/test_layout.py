@@ -93,3 +93,15 @@ def test_no_test_module_imports_from_a_conftest_file() -> None:
         if re.search(r"^from tests(\.\w+)*\.conftest import", p.read_text(), re.M)
     ]
     assert not offenders, f"import from tests.helpers instead: {offenders}"
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test files by their base name (no __init__.py in the test folders): two
+    files with one name stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        if path.name in seen:
+            clashes.append(f"{seen[path.name].relative_to(ROOT)} and {path.relative_to(ROOT)}")
+        seen[path.name] = path
+    assert clashes == []

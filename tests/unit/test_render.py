@@ -141,7 +141,6 @@ def test_tri_tier_services_carry_the_plans_numbers(tri_tier: DeploymentPlan) -> 
     ] == ["0", "1"]
 
 
-
 def test_the_shipped_tri_tier_renders_its_gateway_after_the_tiers(catalog: Catalog) -> None:
     result = _plan("3x-rtx4090", "tri-tier", catalog, engine="stand-in")
     assert result.gateway is not None and result.gateway.port == 19100
