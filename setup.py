@@ -13,7 +13,7 @@ setup(
     ],
     package_dir={f"deployer.data.{name}": name for name in SHIPPED},
     package_data={
-        "deployer": ["py.typed", "data/*.yaml"],
+        "deployer": ["py.typed", "data/*.yaml", "data/*.json"],  # json: shipped_yaml.py
         "deployer.cli": ["help.txt"],  # what `qwen-deploy --help` prints without importing click
         # Everything in the stand-in's build context: its Dockerfile, data files, sources.
         "deployer.standin": ["*", "**/*"],

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deployer.errors import ProfileError
 from deployer.vllm_pin import QUANTIZATIONS
 
@@ -225,9 +223,3 @@ def load_catalog(extra_files: Iterable[str | Path] = ()) -> Catalog:
         data = load_yaml_file(path, "models file", ProfileError)
         checkpoints.update(parse_catalog(data, str(path)))
     return Catalog(checkpoints)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or "syntax error"
-    return f"line {mark.line + 1}: {problem}" if mark else str(problem)

@@ -60,6 +60,8 @@ def test_plan_and_the_inventory_commands_import_no_docker_jinja_or_matplotlib() 
         modules = imported_after(run_cli(*args))
         assert not {m for m in modules if m.split(".")[0] in HEAVY}, args
         assert "deployer.plan" in modules or args[0] != "plan"
+        # The shipped profiles and catalog are read from their parsed copy (shipped_yaml.json).
+        assert "yaml" not in modules, args
         # Imported where used (issue 9): key generation, --debug tracebacks, HTTP clients.
         assert not {"secrets", "hmac", "traceback", "http.client", "ssl"} & modules, args
 
