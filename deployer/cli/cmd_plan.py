@@ -125,7 +125,20 @@ def plan(
                 f"{row.spare / GIB:.2f}"
             )
     order = " -> ".join("[" + ", ".join(wave) + "]" for wave in result.start_waves)
+    if result.gateway is not None:
+        order += " -> [gateway]"
     click.echo(f"start order: {order}")
+    if result.gateway is not None:
+        gateway = result.gateway
+        keys = ", ".join(
+            f"{k.name} ({'all tiers' if k.tiers is None else '/'.join(k.tiers)}"
+            f"{', admin' if k.admin else ''})"
+            for k in gateway.keys
+        )
+        click.echo(
+            f"gateway: {gateway.bind}:{gateway.port} in front of "
+            f"{', '.join(s.name for s in result.services)}, no GPU; keys {keys}"
+        )
     for warning in result.warnings:
         click.echo(f"note: {warning}")
     if check:

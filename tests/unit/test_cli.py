@@ -71,6 +71,17 @@ def test_plan_table_shows_order_and_shared_gpu_note(tmp_path: Path) -> None:
     assert "GPU 2 is shared by mini and micro" in result.output
 
 
+def test_plan_names_the_gateway_and_its_keys(tmp_path: Path) -> None:
+    result = run(tmp_path, "plan", "-p", "tri-tier", "--gpus-file", BOX)
+    assert "start order: [medium, mini] -> [micro] -> [gateway]" in result.output
+    assert "gateway: 127.0.0.1:19100 in front of medium, mini, micro, no GPU" in result.output
+    data = json.loads(run(tmp_path, "plan", "-p", "tri-tier", "--gpus-file", BOX, "--json").output)
+    assert data["gateway"]["port"] == 19100
+    assert [k["name"] for k in data["gateway"]["keys"]] == ["default", "admin"]
+    single = run(tmp_path, "plan", "-p", "single-gpu", "--gpus-file", BOX)
+    assert "gateway" not in single.output
+
+
 def test_plan_auto_says_why(tmp_path: Path) -> None:
     result = run(tmp_path, "plan", "-p", "auto", "--gpus-file", BOX)
     assert result.exit_code == 0
