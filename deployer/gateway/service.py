@@ -39,7 +39,6 @@ from deployer.spec import (
     project_name,
 )
 
-GATEWAY_MODEL_LABEL = GATEWAY_MODEL
 START_PERIOD_S = 30
 
 
@@ -60,7 +59,7 @@ def gateway_container_spec(
         LABEL_WORKING_DIR: deployment_dir,
         LABEL_CONFIG_FILES: f"{deployment_dir}/compose.yaml",
         LABEL_DEPENDS_ON: ",".join(f"{t}:service_healthy:false" for t in tiers),
-        LABEL_MODEL: GATEWAY_MODEL_LABEL,
+        LABEL_MODEL: GATEWAY_MODEL,
         LABEL_GPUS: "",
         LABEL_PORT: str(spec.port),
         LABEL_ENGINE: str(plan.engine),

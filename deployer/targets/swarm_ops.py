@@ -15,7 +15,7 @@ import requests
 
 from deployer.errors import StateError
 from deployer.gateway.config import GATEWAY_SERVICE
-from deployer.gateway.service import GATEWAY_MODEL_LABEL
+from deployer.gateway.spec import GATEWAY_MODEL
 from deployer.plan import DeploymentPlan
 from deployer.runtime import docker_errors, parse_docker_time
 from deployer.runtime.convergence import Action
@@ -121,7 +121,7 @@ def swarm_statuses(
 def _planned_columns(plan: DeploymentPlan, name: str) -> tuple[str, str, int | None]:
     """MODEL, GPUS and PORT of a planned service that has no Swarm service."""
     if name == GATEWAY_SERVICE and plan.gateway is not None:
-        return GATEWAY_MODEL_LABEL, "", plan.gateway.port
+        return GATEWAY_MODEL, "", plan.gateway.port
     service = plan.service(name)
     return service.served_model_name, ",".join(map(str, service.gpus)), service.port
 
