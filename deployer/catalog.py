@@ -24,6 +24,8 @@ QWEN3_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ModelFamily:
+    """The architecture facts of a Qwen3 model that the memory model reads."""
+
     name: str
     layers: int
     attention_heads: int
@@ -54,6 +56,8 @@ class ModelFamily:
 
 @dataclass(frozen=True)
 class Checkpoint:
+    """One servable checkpoint: its repo id, family, quantization and weight size."""
+
     id: str  # Hugging Face repo id, also the served model name by default
     family: ModelFamily
     quantization: str
@@ -66,6 +70,8 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Catalog:
+    """The known checkpoints by repo id (the shipped catalog and any --models file)."""
+
     checkpoints: dict[str, Checkpoint]
 
     def get(self, model_id: str, where: str = "model") -> Checkpoint:

@@ -17,6 +17,8 @@ GIB = 1024 * MIB
 
 @dataclass(frozen=True)
 class GpuProcess:
+    """A process NVML lists on a GPU, with the memory it holds."""
+
     pid: int
     name: str
     used_memory_mib: int
@@ -24,6 +26,8 @@ class GpuProcess:
 
 @dataclass(frozen=True)
 class Gpu:
+    """One GPU as NVML (or a --gpus-file) describes it."""
+
     index: int
     uuid: str
     name: str
@@ -57,6 +61,8 @@ class Gpu:
 
 @dataclass(frozen=True)
 class GpuInventory:
+    """The GPUs of one box and where the description came from."""
+
     driver_version: str
     cuda_version: str
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)

@@ -69,6 +69,8 @@ class MemoryBreakdown:
 
 @dataclass(frozen=True)
 class ServicePlan:
+    """One planned vLLM instance: placement, engine arguments and the memory they leave."""
+
     name: str
     model: str
     served_model_name: str
@@ -174,6 +176,8 @@ class LedgerRow:
 
 @dataclass(frozen=True)
 class DeploymentPlan:
+    """Everything `render` and `up` need: the services, their GPUs, order and gateway."""
+
     deployment: str
     profile: str
     profile_source: str

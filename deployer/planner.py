@@ -74,6 +74,8 @@ MAX_UTILIZATION = 0.95  # no longer a planning rule (allowances are per process)
 
 @dataclass(frozen=True)
 class PlanOptions:
+    """The planner's inputs beyond the profile and the GPUs."""
+
     deployment: str = "qwen3"
     engine: str = "vllm"  # "vllm" or "stand-in"
     image: str | None = None  # None: the image the engine pins (vllm_pin)
@@ -418,6 +420,8 @@ def _exposure_warnings(services: tuple[ServicePlan, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class AutoChoice:
+    """The plan of the profile an automatic choice picked, and why."""
+
     plan: DeploymentPlan
     reasons: tuple[str, ...]
 

@@ -67,9 +67,10 @@ def text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
 def reasoning_parser(value: Any, where: str) -> str | None:
     if value is None or value == "none":
         return None
-    from deployer.vllm_options import reasoning_parsers
+    # vLLM's list, as the stand-in keeps it (a module of constants only)
+    from deployer.standin.parsers import REASONING_PARSERS
 
-    if not isinstance(value, str) or value not in reasoning_parsers():
+    if not isinstance(value, str) or value not in REASONING_PARSERS:
         raise ProfileError(
             f"{where}: {value!r:.60} is not a reasoning parser of vLLM 0.33",
             hint="Qwen3 uses qwen3; `none` (or null) turns the parser off",

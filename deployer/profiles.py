@@ -41,6 +41,8 @@ class GenerationDefaults:
 
 @dataclass(frozen=True)
 class ServiceSpec:
+    """One service as the profile asks for it; None leaves a value to the planner."""
+
     name: str
     model: str
     port: int
@@ -69,6 +71,8 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class Profile:
+    """A validated profile: its services, extra models and gateway."""
+
     name: str
     description: str
     services: tuple[ServiceSpec, ...]
@@ -261,11 +265,12 @@ def _parse_service(name: str, raw: Any, defaults: dict[str, Any], source: str) -
     extra = merged.get("extra_args", [])
     if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
         raise ProfileError(f"{where}.extra_args: expected a list of strings")
-    from deployer.vllm_options import check_extra_args
+    if extra:  # most services have none: no need to load vLLM's option table
+        from deployer.vllm_options import check_extra_args
 
-    problem = check_extra_args(extra, f"{where}.extra_args")
-    if problem:
-        raise ProfileError(problem)
+        problem = check_extra_args(extra, f"{where}.extra_args")
+        if problem:
+            raise ProfileError(problem)
     environment = check.environment(merged.get("environment", {}), f"{where}.environment")
     bind = check.bind_address(merged.get("bind", "127.0.0.1"), f"{where}.bind")
     served = raw.get("served_model_name")

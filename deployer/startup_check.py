@@ -20,12 +20,11 @@ from deployer.plan import ServicePlan
 WARN_PERCENT = 5.0  # past this, the plan and vLLM disagree enough to say so
 STATE_KEY = "startup_figures"  # where `up` records them in the deployment's state.json
 
-_LOADING = re.compile(r"Model loading took ([0-9]+(?:\.[0-9]+)?) ?GiB")
-_KV_MEMORY = re.compile(r"Available KV cache memory: ([0-9]+(?:\.[0-9]+)?) ?GiB")
-_KV_TOKENS = re.compile(r"KV cache size: ([0-9][0-9,]*) tokens")
-_CONCURRENCY = re.compile(
-    r"Maximum concurrency for ([0-9][0-9,]*) tokens per request: ([0-9]+(?:\.[0-9]+)?)x"
-)
+# Patterns, compiled (and cached by `re`) on first use: `plan` prints these lines, never reads them.
+_LOADING = r"Model loading took ([0-9]+(?:\.[0-9]+)?) ?GiB"
+_KV_MEMORY = r"Available KV cache memory: ([0-9]+(?:\.[0-9]+)?) ?GiB"
+_KV_TOKENS = r"KV cache size: ([0-9][0-9,]*) tokens"
+_CONCURRENCY = r"Maximum concurrency for ([0-9][0-9,]*) tokens per request: ([0-9]+(?:\.[0-9]+)?)x"
 
 
 @dataclass(frozen=True)
@@ -69,10 +68,10 @@ def parse_startup_log(text: str) -> StartupFigures:
     """The figures from a container's log. With tensor parallelism every worker prints its own
     loading and KV memory lines: the largest load and the smallest KV memory count (vLLM cuts
     every rank's KV cache to the smallest). The last start in the log wins for the size line."""
-    loads = [float(m.group(1)) for m in _LOADING.finditer(text)]
-    kv_memory = [float(m.group(1)) for m in _KV_MEMORY.finditer(text)]
-    tokens = [int(m.group(1).replace(",", "")) for m in _KV_TOKENS.finditer(text)]
-    concurrency = [float(m.group(2)) for m in _CONCURRENCY.finditer(text)]
+    loads = [float(m.group(1)) for m in re.finditer(_LOADING, text)]
+    kv_memory = [float(m.group(1)) for m in re.finditer(_KV_MEMORY, text)]
+    tokens = [int(m.group(1).replace(",", "")) for m in re.finditer(_KV_TOKENS, text)]
+    concurrency = [float(m.group(2)) for m in re.finditer(_CONCURRENCY, text)]
     return StartupFigures(
         model_loading_gib=max(loads) if loads else None,
         available_kv_cache_gib=min(kv_memory) if kv_memory else None,
@@ -104,6 +103,8 @@ def expected_lines(service: ServicePlan) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class FigureComparison:
+    """One figure the plan predicted beside what vLLM printed."""
+
     figure: str  # "model_loading_gib", "available_kv_cache_gib" or "kv_cache_tokens"
     predicted: float
     actual: float | None
@@ -123,6 +124,8 @@ class FigureComparison:
 
 @dataclass(frozen=True)
 class StartupComparison:
+    """A service's predicted figures beside the ones its vLLM printed."""
+
     service: str
     figures: tuple[FigureComparison, ...]
 

@@ -47,6 +47,8 @@ MAX_ARG_CHARS = 4096
 
 @dataclass(frozen=True)
 class ServeOption:
+    """One `vllm serve` option: its canonical flag and how many values it takes."""
+
     canonical: str  # the first long flag of its line
     takes_value: bool
     many: bool  # nargs "+": every following word until the next option
@@ -98,7 +100,7 @@ def check_extra_args(args: list[str], where: str) -> str | None:
     """The first problem with these `vllm serve` arguments, or None."""
     if len(args) > MAX_EXTRA_ARGS:
         return f"{where}: {len(args)} arguments, at most {MAX_EXTRA_ARGS}"
-    if not args:  # most services: no need to read the option table
+    if not args:
         return None
     options = serve_options()
     expecting: ServeOption | None = None
@@ -150,16 +152,3 @@ def check_extra_args(args: list[str], where: str) -> str | None:
     if expecting is not None and not (expecting.many or expecting.optional):
         return f"{where}[{len(args) - 1}]: {args[-1]} needs a value"
     return None
-
-
-@functools.cache
-def reasoning_parsers() -> frozenset[str]:
-    """vLLM 0.33's registered reasoning parsers, as the stand-in lists them."""
-    import importlib
-
-    for module in ("deployer.standin.parsers", "deployer.standin.startup"):
-        try:
-            return frozenset(importlib.import_module(module).REASONING_PARSERS)
-        except (ImportError, AttributeError):
-            continue
-    raise RuntimeError("the stand-in's list of reasoning parsers is missing")

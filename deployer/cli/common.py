@@ -44,6 +44,8 @@ class FiniteFloat(click.FloatRange):
 
 @dataclass
 class AppContext:
+    """What every command gets from the group: the home, the deployment's name, --debug."""
+
     home: Path
     deployment: str
     debug: bool
@@ -201,6 +203,8 @@ def load_catalog(models_files: tuple[Path, ...] = ()) -> Catalog:
 
 @dataclass(frozen=True)
 class PlannedProfile:
+    """A profile, the plan made from it, and why an automatic choice chose it."""
+
     profile: Profile
     plan: DeploymentPlan
     reasons: tuple[str, ...] = ()

@@ -29,6 +29,8 @@ class Fallback(str, Enum):
 
 @dataclass(frozen=True)
 class Limits:
+    """The gateway's limits on bodies, waits and queues (the profile's gateway.limits)."""
+
     max_body_bytes: int = 8 * 1024 * 1024
     connect_timeout_s: float = 5.0
     # Time to the first body byte of a tier's answer: prefill of a long prompt, not generation.
